@@ -1,0 +1,41 @@
+"""Fixtures shared by every test package: the shared face set and an isolated model cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def faces_root() -> Path:
+    """The labelled face photos: FACEPAY_FACES_DIR, default ../shared/faces beside the repo."""
+    return Path(os.environ.get("FACEPAY_FACES_DIR", REPO.parent / "shared" / "faces"))
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    root = faces_root()
+    if not (root / "images").is_dir():
+        pytest.fail(f"the shared face set is missing at {root} (set FACEPAY_FACES_DIR)")
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Builds and downloads of the test run go to a fresh folder, never the user's cache."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    saved = {
+        key: os.environ.get(key) for key in ("FACEPAY_MODEL_CACHE", "FACEPAY_INSIGHTFACE_ROOT")
+    }
+    os.environ["FACEPAY_MODEL_CACHE"] = str(cache / "facepay")
+    os.environ["FACEPAY_INSIGHTFACE_ROOT"] = str(cache / "insightface")
+    yield cache
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
