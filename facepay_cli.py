@@ -12,6 +12,7 @@ import click
 # name -> "module:attribute"; a group's module (and its heavy imports) loads only when called.
 GROUPS = {
     "models": "models.cli:models_group",
+    "server": "server.cli:server_group",
 }
 
 
@@ -27,13 +28,30 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from models.errors import FaceEngineError
-
         try:
             return super().invoke(ctx)
-        except FaceEngineError as exc:
-            click.secho(f"error [{exc.code}]: {exc}", fg="red", err=True)
+        except Exception as exc:
+            if not isinstance(exc, _user_errors()):
+                raise
+            code = getattr(exc, "code", None)
+            prefix = f"error [{code}]" if isinstance(code, str) else "error"
+            click.secho(f"{prefix}: {exc}", fg="red", err=True)
             sys.exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (bad input, settings, keys): a message, no traceback.
+    Only the groups already loaded are consulted, so `facepay models` never imports Flask."""
+    found: list[type[Exception]] = []
+    for module_name, names in (
+        ("models.errors", ("FaceEngineError",)),
+        ("server.config", ("ConfigError",)),
+        ("server.errors", ("ProblemError",)),
+        ("server.crypto.errors", ("CryptoError",)),
+    ):
+        module = sys.modules.get(module_name)
+        found.extend(getattr(module, name) for name in names if module is not None)
+    return tuple(found)
 
 
 @click.group(cls=LazyGroup)
@@ -44,3 +62,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The facepay server: `create_app()` builds a configured Flask (APIFlask) application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from server.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from apiflask import APIFlask
+
+logger = logging.getLogger(__name__)
+
+API_TITLE = "facepay"
+API_VERSION = "1.0.0"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
+    """Build the application from FACEPAY_* settings, with `config` overriding them (tests)."""
+    # Imported here so that the kiosk can use server.crypto without Flask installed.
+    from apiflask import APIFlask
+
+    settings = load_settings(config)
+    app = APIFlask(
+        __name__, title=API_TITLE, version=API_VERSION, instance_path=str(settings.instance)
+    )
+    app.config["FACEPAY"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
+    app.config["SYNC_LOCAL_SPEC"] = False
+    app.info = {
+        "description": "Pay by face with privacy first: sealed templates, consent, audit.",
+        "license": {"name": "Apache-2.0"},
+    }
+
+    from server import errors, extensions
+    from server.consent.routes import bp as consent_bp
+    from server.enrollment.routes import bp as enrollment_bp
+    from server.health.routes import bp as health_bp
+    from server.kiosks.routes import bp as kiosks_bp
+
+    app.security_schemes = {
+        "KioskSignature": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Facepay-Signature",
+            "description": "Ed25519 signature over method, path, body sha256, "
+            "X-Facepay-Timestamp, X-Facepay-Nonce and X-Facepay-Kiosk",
+        }
+    }
+    errors.register_error_handlers(app)
+    extensions.init_app(app, settings)
+    for blueprint in (health_bp, kiosks_bp, consent_bp, enrollment_bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def settings_of(app: Any) -> Settings:
+    settings: Settings = app.config["FACEPAY"]
+    return settings

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,3 +40,19 @@ def isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def face_vectors(faces_dir: Path) -> dict[str, list[np.ndarray]]:
+    """Real embeddings of the default pack, by identity (largest face of each labelled photo)."""
+    from models import evaluate, packs
+
+    identities = evaluate.read_identities(faces_dir / "identities.csv")
+    engine = packs.open_engine()
+    wanted = {"p01", "p02", "p03", "p04"}
+    files = [f for f, who in sorted(identities.items()) if who in wanted]
+    embedded = evaluate.embed_files(engine, faces_dir / "images", files)
+    vectors: dict[str, list[np.ndarray]] = {}
+    for name, embedding in sorted(embedded.embeddings.items()):
+        vectors.setdefault(identities[name], []).append(embedding.vector)
+    return vectors

@@ -1,0 +1,228 @@
+"""`facepay server …`: initialise, run, manage kiosks and keys, verify the audit chain."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data, sort_keys=True, default=str) if as_json else text)
+
+
+@contextmanager
+def _app() -> Iterator[Any]:
+    from server import create_app
+    from server.extensions import services
+
+    app = create_app()
+    with app.app_context():
+        try:
+            yield services()
+        finally:
+            services().engine.dispose()
+
+
+def initialise(svc: Any) -> dict[str, Any]:
+    """Migrate the schema to head and publish the default consent notice if none exists."""
+    from server import migrate
+    from server.consent import service as consent
+    from server.db import transaction
+
+    migrate.upgrade(svc.engine)
+    with transaction(svc.sessions) as session:
+        policy = consent.ensure_default(session)
+    return {
+        "database": svc.engine.url.render_as_string(hide_password=True),
+        "policy_version": policy.version,
+    }
+
+
+@click.group("server")
+def server_group() -> None:
+    """The facepay server."""
+
+
+@server_group.command("init")
+@json_option
+def init(as_json: bool) -> None:
+    """Create or upgrade the database and publish the default consent notice."""
+    with _app() as svc:
+        result = initialise(svc)
+    _emit(
+        as_json,
+        result,
+        f"database ready at {result['database']}; consent notice v{result['policy_version']}",
+    )
+
+
+@server_group.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def run(host: str, port: int) -> None:
+    """Run the development server (production: gunicorn 'server.wsgi:app')."""
+    from server import create_app
+    from server.extensions import services
+
+    app = create_app()
+    with app.app_context():
+        initialise(services())
+        services().start()
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@server_group.group("kiosk")
+def kiosk_group() -> None:
+    """Kiosks: add (prints a one-time pairing code), revoke, list."""
+
+
+@kiosk_group.command("add")
+@click.argument("name")
+@click.option("--store", required=True)
+@json_option
+def kiosk_add(name: str, store: str, as_json: bool) -> None:
+    from server.db import transaction
+    from server.kiosks import service
+
+    with _app() as svc, transaction(svc.sessions) as session:
+        created = service.add_kiosk(session, svc.keys.audit_key, name=name, store=store)
+    data = {
+        "kiosk_id": created.kiosk_id,
+        "pairing_code": created.pairing_code,
+        "expires_at": created.expires_at,
+    }
+    if as_json:
+        _emit(True, data, "")
+        return
+    click.echo(
+        f"kiosk {created.kiosk_id} ({name}, {store}) added; "
+        f"pairing code valid until {created.expires_at:%Y-%m-%d %H:%M} UTC:"
+    )
+    click.echo(created.pairing_code)
+
+
+@kiosk_group.command("revoke")
+@click.argument("kiosk_id")
+@json_option
+def kiosk_revoke(kiosk_id: str, as_json: bool) -> None:
+    from server.db import transaction
+    from server.kiosks import service
+
+    with _app() as svc, transaction(svc.sessions) as session:
+        kiosk = service.revoke(session, svc.keys.audit_key, kiosk_id)
+        data = {"kiosk_id": kiosk.id, "status": kiosk.status}
+    _emit(as_json, data, f"kiosk {kiosk_id} revoked")
+
+
+@kiosk_group.command("list")
+@json_option
+def kiosk_list(as_json: bool) -> None:
+    from sqlalchemy import select
+
+    from server.kiosks.models import Kiosk
+
+    with _app() as svc, svc.sessions() as session:
+        rows = [
+            {"kiosk_id": k.id, "name": k.name, "store": k.store, "status": k.status}
+            for k in session.scalars(select(Kiosk).order_by(Kiosk.created_at))
+        ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['kiosk_id']}  {row['status']:<8} {row['store']:<20} {row['name']}")
+
+
+@server_group.command("rotate-master-key")
+@json_option
+def rotate_master_key(as_json: bool) -> None:
+    """Re-wrap every shopper data key under a new master key; templates are not touched."""
+    from server import keys as instance_keys
+    from server.audit.service import record_event
+    from server.crypto import MasterKey
+    from server.crypto import rotate_master_key as rotate
+    from server.db import transaction
+
+    with _app() as svc:
+        settings = svc.settings
+        path = instance_keys.key_paths(settings)["master"]
+        old = svc.keys.master
+        new_path = path.with_name(f"{path.name}.next")
+        new = (
+            MasterKey.load(new_path) if new_path.exists() else MasterKey.generate_to_file(new_path)
+        )
+        count = rotate(svc.keys.key_store, {old.key_id: old}, new)
+        retired = path.with_name(f"{path.name}.retired-{old.key_id}")
+        path.rename(retired)
+        new_path.rename(path)
+        with transaction(svc.sessions) as session:
+            record_event(
+                session,
+                svc.keys.audit_key,
+                "keys.master_rotated",
+                actor="cli",
+                data={"old": old.key_id, "new": new.key_id, "rewrapped_count": count},
+            )
+    _emit(
+        as_json,
+        {
+            "old_key_id": old.key_id,
+            "new_key_id": new.key_id,
+            "rewrapped": count,
+            "retired_file": str(retired),
+        },
+        f"re-wrapped {count} data keys under {new.key_id}; the old master key is at {retired} "
+        "(destroy it once backups of the key store have rolled over)",
+    )
+
+
+@server_group.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+@json_option
+def audit_verify(as_json: bool) -> None:
+    """Check the whole chain; exit 1 and name the first bad record if it was tampered with."""
+    from server.audit import service
+
+    with _app() as svc, svc.sessions() as session:
+        result = service.verify(session, svc.keys.audit_key)
+    data = {
+        "ok": result.ok,
+        "problem": result.problem.value if result.problem else None,
+        "first_bad_seq": result.first_bad_seq,
+        "last_good_seq": result.last_good_seq,
+        "detail": result.detail,
+    }
+    text = (
+        "audit chain verified"
+        if result.ok
+        else f"audit chain broken at record {result.first_bad_seq}: "
+        f"{result.problem.value if result.problem else ''} ({result.detail})"
+    )
+    _emit(as_json, data, text)
+    if not result.ok:
+        sys.exit(1)
+
+
+@server_group.command("openapi")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path))
+def openapi(output: Path | None) -> None:
+    """Print (or write) the OpenAPI document generated from the code."""
+    from server.openapi import render
+
+    text = render()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")

@@ -1,0 +1,108 @@
+"""One error shape for the whole API: RFC 9457 problem+json with a stable `code`.
+
+Domain code raises `ProblemError` subclasses (or `problem(...)`); one handler renders them.
+Messages never carry templates, scores or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from apiflask import APIFlask, HTTPError
+from flask import Response, json, request
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ProblemError(HTTPError):
+    """An API error with a stable machine-readable code."""
+
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        title: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            status or self.status_code,
+            message=title or self.title,
+            detail=detail,
+            headers=headers,
+            extra_data={"code": code or self.code, **(extra or {})},
+        )
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: Any = None, **extra: Any
+) -> Response:
+    body: dict[str, Any] = {
+        "type": f"https://facepay.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "instance": request.path if request else None,
+    }
+    if detail:
+        body["detail"] = detail if isinstance(detail, str) else "The request is not valid."
+        if not isinstance(detail, str):
+            body["errors"] = detail
+    body.update(extra)
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+
+
+def register_error_handlers(app: APIFlask) -> None:
+    def _render(error: HTTPError) -> Response:
+        extra = dict(error.extra_data or {})
+        code = str(extra.pop("code", _CODES_BY_STATUS.get(error.status_code, "error")))
+        response = problem_response(
+            error.status_code, code, error.message or "Error", error.detail or None, **extra
+        )
+        for name, value in dict(error.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    app.error_processor(_render)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        if isinstance(error, HTTPError):
+            return _render(error)
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(error, HTTPException):
+            status = error.code or 500
+            return problem_response(status, _CODES_BY_STATUS.get(status, "error"), error.name)
+        # The traceback's frames are logged, not the exception's message: it could quote
+        # request data, and request data can hold templates.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        logger.error(
+            "unhandled %s on %s %s\n%s", type(error).__name__, request.method, request.path, frames
+        )
+        return problem_response(500, "internal_error", "Internal server error")

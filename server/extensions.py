@@ -1,0 +1,81 @@
+"""Per-application services (database, keys, gallery), attached with `init_app` and found
+through `services()` inside a request or an app context."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.config import ConfigError, Settings
+from server.db import make_engine, make_session_factory
+from server.keys import InstanceKeys, load_keys
+from server.matching.service import FeedFollower, Gallery
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    keys: InstanceKeys
+    gallery: Gallery
+    follower: FeedFollower | None = field(default=None)
+
+    def start(self) -> None:
+        """Load the gallery and follow the change feed (serving processes only, not CLI tools)."""
+        if self.gallery.loaded:
+            return
+        with self.sessions() as session:
+            self.gallery.load(session)
+        self.follower = FeedFollower(
+            self.gallery, self.sessions, self.settings.database, self.settings.change_poll_s
+        )
+        self.follower.start()
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower.join(timeout=5)
+        self.engine.dispose()
+
+
+def init_app(app: Flask, settings: Settings) -> Services:
+    if settings.is_production and not settings.secret_key:
+        raise ConfigError("production mode needs FACEPAY_SECRET_KEY")
+    settings.instance.mkdir(parents=True, exist_ok=True)
+    keys = load_keys(settings)
+    app.secret_key = settings.secret_key or _development_secret(settings)
+    engine = make_engine(settings.database)
+    services = Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        keys=keys,
+        gallery=Gallery(settings, keys.masters, keys.key_store),
+    )
+    app.extensions["facepay"] = services
+    return services
+
+
+def services() -> Services:
+    found: Services = current_app.extensions["facepay"]
+    return found
+
+
+def _development_secret(settings: Settings) -> str:
+    path = settings.keys_dir / "secret_key"
+    if not path.exists():
+        settings.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
+        logger.warning(
+            "DEVELOPMENT MODE: created a session secret at %s; never use it in production", path
+        )
+    return path.read_text(encoding="utf-8").strip()

@@ -1,0 +1,108 @@
+"""The server's instance keys: where they live, and refusing to run without them in production.
+
+- master key: wraps each shopper's data key (the data keys live in the key store, apart from
+  the main database, so that destroying one makes that shopper's templates unreadable in
+  every copy of the database);
+- audit key: HMAC key of the audit chain;
+- sealing key: X25519 key pair that kiosks seal templates to;
+- phone key: HMAC key for the phone's last four digits (step-up), so they are not stored
+  in a form anyone can enumerate without it.
+
+In development the missing ones are created (0600) under <instance>/keys, loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.config import ConfigError, Settings
+from server.crypto import FileKeyStore, KeyStore, MasterKey, ServerSealingKey
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceKeys:
+    master: MasterKey
+    audit_key: bytes
+    phone_key: bytes
+    sealing: ServerSealingKey
+    key_store: KeyStore
+
+    @property
+    def masters(self) -> dict[str, MasterKey]:
+        return {self.master.key_id: self.master}
+
+    def phone_last4_hash(self, last4: str) -> str:
+        return hmac.new(
+            self.phone_key, b"facepay-phone-last4\x00" + last4.encode(), hashlib.sha256
+        ).hexdigest()
+
+
+def key_paths(settings: Settings) -> dict[str, Path]:
+    keys = settings.keys_dir
+    return {
+        "master": settings.master_key_file or keys / "master.key",
+        "audit": settings.audit_key_file or keys / "audit.key",
+        "phone": settings.phone_key_file or keys / "phone.key",
+        "sealing": settings.sealing_key_file or keys / "sealing.key",
+        "key_store": settings.key_store or settings.instance / "keystore",
+    }
+
+
+def load_keys(settings: Settings) -> InstanceKeys:
+    paths = key_paths(settings)
+    if settings.is_production:
+        missing = [
+            name for name in ("master", "audit", "phone", "sealing") if not paths[name].is_file()
+        ]
+        if settings.master_key_file is None or missing:
+            absent = ", ".join(missing) or "the master key setting"
+            raise ConfigError(
+                "production mode needs its keys: set FACEPAY_MASTER_KEY_FILE, "
+                "FACEPAY_AUDIT_KEY_FILE, FACEPAY_PHONE_KEY_FILE and FACEPAY_SEALING_KEY_FILE "
+                f"(missing: {absent}); `facepay server keys generate` makes them"
+            )
+    else:
+        created = generate_missing(paths)
+        if created:
+            logger.warning(
+                "DEVELOPMENT MODE: created instance keys %s under %s; never use them in production",
+                ", ".join(created),
+                settings.keys_dir,
+            )
+    return InstanceKeys(
+        master=MasterKey.load(paths["master"]),
+        audit_key=MasterKey.load(paths["audit"]).key,
+        phone_key=MasterKey.load(paths["phone"]).key,
+        sealing=ServerSealingKey.load(paths["sealing"]),
+        key_store=FileKeyStore(paths["key_store"], create=not settings.is_production),
+    )
+
+
+def generate_missing(paths: dict[str, Path]) -> list[str]:
+    """Create whichever instance keys do not exist yet (0600 files); never overwrite one."""
+    created = []
+    for name in ("master", "audit", "phone"):
+        if not paths[name].exists():
+            paths[name].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            MasterKey.generate_to_file(paths[name], key_id=f"{name}-{_suffix()}")
+            created.append(name)
+    if not paths["sealing"].exists():
+        paths["sealing"].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ServerSealingKey.generate().save(paths["sealing"])
+        created.append("sealing")
+    if not paths["key_store"].exists():
+        paths["key_store"].mkdir(parents=True, mode=0o700)
+        created.append("key_store")
+    return created
+
+
+def _suffix() -> str:
+    import secrets
+
+    return secrets.token_hex(6)

@@ -1,0 +1,25 @@
+"""Imports every model module so that `metadata` holds the whole schema (Alembic, tests)."""
+
+from __future__ import annotations
+
+from server.audit import models as audit_models
+from server.consent import models as consent_models
+from server.db import Base
+from server.enrollment import models as enrollment_models
+from server.kiosks import models as kiosk_models
+from server.ledger import models as ledger_models
+from server.matching import models as matching_models
+from server.shoppers import models as shopper_models
+
+metadata = Base.metadata
+
+__all__ = [
+    "audit_models",
+    "consent_models",
+    "enrollment_models",
+    "kiosk_models",
+    "ledger_models",
+    "matching_models",
+    "metadata",
+    "shopper_models",
+]

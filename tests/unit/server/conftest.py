@@ -1,0 +1,101 @@
+"""Server fixtures: an app per test on SQLite and on PostgreSQL, a paired kiosk, real faces."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from tests.support.kiosk import SigningKiosk, register_kiosk
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def postgres_admin_url() -> str | None:
+    """FACEPAY_TEST_POSTGRES_URL when CI sets it (then PostgreSQL must work: tests fail, never
+    skip); else the machine's default server if it answers."""
+    configured = os.environ.get("FACEPAY_TEST_POSTGRES_URL")
+    if configured:
+        return configured
+    try:
+        engine = sa.create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except sa.exc.OperationalError:
+        return None
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str | None:
+    return postgres_admin_url()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str | None
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'facepay.db'}"
+        return
+    if postgres_server is None:
+        pytest.skip(
+            "no PostgreSQL server here (CI sets FACEPAY_TEST_POSTGRES_URL, and then it must work)"
+        )
+    name = f"facepay_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, database_url: str) -> dict[str, Any]:
+    return {
+        "instance": str(tmp_path / "instance"),
+        "database_url": database_url,
+        "change_poll_s": 0.1,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Any]:
+    from server import create_app
+    from server.cli import initialise
+    from server.extensions import services
+
+    application = create_app(app_config)
+    application.config["TESTING"] = True
+    with application.app_context():
+        initialise(services())
+        services().start()
+    yield application
+    application.extensions["facepay"].stop()
+
+
+@pytest.fixture
+def client(app: Any) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def kiosk(app: Any, client: FlaskClient) -> SigningKiosk:
+    from server.db import transaction
+    from server.kiosks import service
+
+    svc = app.extensions["facepay"]
+    with transaction(svc.sessions) as session:
+        created = service.add_kiosk(session, svc.keys.audit_key, name="till-1", store="Montreal 01")
+    return register_kiosk(client, created.pairing_code)

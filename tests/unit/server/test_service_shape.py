@@ -1,0 +1,89 @@
+"""Service shape: configuration, production refusals, key files, CLI, OpenAPI in step with code."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from server.config import ConfigError, load_settings
+
+
+def test_settings_from_environment() -> None:
+    settings = load_settings(environ={"FACEPAY_ENV": "production", "FACEPAY_TARGET_FPIR": "0.001"})
+    assert settings.is_production and settings.target_fpir == 0.001 and settings.liveness_required
+    with pytest.raises(ConfigError):
+        load_settings(environ={"FACEPAY_TARGET_FPIR": "lots"})
+    with pytest.raises(ConfigError):
+        load_settings(environ={"FACEPAY_ENV": "staging"})
+
+
+def test_production_refuses_without_keys(tmp_path: Path) -> None:
+    from server import create_app
+
+    with pytest.raises(ConfigError, match="FACEPAY_SECRET_KEY"):
+        create_app({"mode": "production", "instance": str(tmp_path)})
+    with pytest.raises(ConfigError, match="FACEPAY_MASTER_KEY_FILE"):
+        create_app({"mode": "production", "instance": str(tmp_path), "secret_key": "s" * 40})
+    assert not (tmp_path / "keys").exists(), "production mode must never create keys"
+
+
+def test_development_creates_private_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from server import create_app
+
+    app = create_app({"instance": str(tmp_path)})
+    app.extensions["facepay"].engine.dispose()
+    assert "DEVELOPMENT MODE" in caplog.text
+    for name in ("master.key", "audit.key", "phone.key", "sealing.key", "secret_key"):
+        mode = stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode)
+        assert mode == 0o600, (name, oct(mode))
+
+
+def test_kiosk_add_prints_code_alone_on_last_line(
+    app_config: dict[str, Any], app: Any, monkeypatch: Any
+) -> None:
+    from server.cli import server_group
+
+    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
+    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
+    result = CliRunner().invoke(server_group, ["kiosk", "add", "till-9", "--store", "Laval 02"])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert len(last) == 14 and last.count("-") == 2
+    listed = CliRunner().invoke(server_group, ["kiosk", "list", "--json"])
+    assert json.loads(listed.output)[0]["status"] == "pending"
+
+
+def test_openapi_document_matches_the_code() -> None:
+    from server.openapi import COMMITTED, render
+
+    generated = render()
+    assert COMMITTED.read_text(encoding="utf-8") == generated, (
+        "server/openapi.yaml is out of date: "
+        "run `facepay server openapi --output server/openapi.yaml`"
+    )
+    spec = json.loads(json.dumps(__import__("yaml").safe_load(generated)))
+    assert "/v1/enrollments" in spec["paths"] and "/v1/policy" in spec["paths"]
+    assert not any("identify" in path or "search" in path for path in spec["paths"]), (
+        "no find-this-face API"
+    )
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from server import migrate
+    from server.models_registry import metadata
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    engine.dispose()
+    assert differences == []
