@@ -104,13 +104,15 @@ class DlibHogDetector:
 
 
 def _scaled(image: npt.NDArray[np.uint8], factor: float) -> npt.NDArray[np.uint8]:
-    # Colour, not grey: dlib's HOG takes each pixel's strongest channel gradient, and the
-    # landmarks (hence the embedding) depend on the exact box it finds.
+    """The image a pass scans: reduced scans are grey (about 20% cheaper); full-size scans stay
+    in colour, because dlib's HOG then takes each pixel's strongest channel gradient and the
+    box, hence the landmarks and the embedding, match dlib's own call exactly."""
     if factor >= 1.0:
         return image
     height, width = image.shape[:2]
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
+    reduced = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.cvtColor(reduced, cv2.COLOR_RGB2GRAY), np.uint8)
 
 
 class InsightfaceScrfdDetector:

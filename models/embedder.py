@@ -25,6 +25,9 @@ def make_session(model: Path | bytes, threads: int | None = None) -> Any:
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # No busy-waiting between runs: at a kiosk the next call is detection on the same cores,
+    # and spinning inference threads slow it more than waking them costs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(
