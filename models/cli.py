@@ -66,10 +66,17 @@ def _manifest(pack_id: str) -> PackManifest:
     return manifest
 
 
-def _open(pack_id: str, flip: bool | None = None) -> Any:
+def _open(pack_id: str, flip: bool | None = None, *, every_face: bool = False) -> Any:
+    from models.detect import THOROUGH_HOG_PASSES
+
     _manifest(pack_id)
     with _progress_bar(f"building {pack_id}") as progress:
-        return packs.open_engine(pack_id, progress=progress, flip_average=flip)
+        return packs.open_engine(
+            pack_id,
+            progress=progress,
+            flip_average=flip,
+            hog_passes=THOROUGH_HOG_PASSES if every_face else None,
+        )
 
 
 @models_group.command("list")
@@ -146,7 +153,7 @@ def embed(pack_id: str, as_json: bool, images: tuple[Path, ...]) -> None:
     """Faces and embeddings of each image, one line per image in the order given."""
     from models.images import load_image
 
-    engine = _open(pack_id)
+    engine = _open(pack_id, every_face=True)
     failed = False
     for path in images:
         record: dict[str, Any] = {"image": str(path), "pack": engine.pack}

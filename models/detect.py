@@ -55,6 +55,10 @@ DEFAULT_HOG_PASSES: tuple[HogPass, ...] = (
 )
 
 
+# For photos rather than a till: every face up to 1280 px scans, small ones included.
+THOROUGH_HOG_PASSES: tuple[HogPass, ...] = (HogPass(1280), HogPass(1280, upsample=1))
+
+
 class DlibHogDetector:
     def __init__(
         self,
