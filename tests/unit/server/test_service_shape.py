@@ -87,3 +87,52 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_rotate_master_key_rewraps_without_touching_templates(
+    app: Any,
+    app_config: dict[str, Any],
+    client: Any,
+    kiosk: Any,
+    face_vectors: Any,
+    monkeypatch: Any,
+) -> None:
+    from sqlalchemy import select
+
+    from server import create_app
+    from server.cli import server_group
+    from server.enrollment.models import Template
+    from server.extensions import services
+    from tests.support.kiosk import enrollment_payload
+
+    policy = client.get("/v1/policy").get_json()
+    body, headers = kiosk.signed(
+        "POST", "/v1/enrollments", enrollment_payload(kiosk, policy, face_vectors["p03"][:3])
+    )
+    shopper_id = client.post("/v1/enrollments", data=body, headers=headers).get_json()["shopper_id"]
+    svc = app.extensions["facepay"]
+    with svc.sessions() as session:
+        before = sorted(bytes(t.ciphertext) for t in session.scalars(select(Template)))
+    old_master = svc.keys.master.key_id
+
+    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
+    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
+    result = CliRunner().invoke(server_group, ["rotate-master-key", "--json"])
+    assert result.exit_code == 0, result.output
+    rotated = json.loads(result.output)
+    assert rotated["rewrapped"] == 1 and rotated["old_key_id"] == old_master
+
+    restarted = create_app(app_config)
+    try:
+        with restarted.app_context():
+            new = services()
+            assert new.keys.master.key_id == rotated["new_key_id"] != old_master
+            with new.sessions() as session:
+                assert (
+                    sorted(bytes(t.ciphertext) for t in session.scalars(select(Template))) == before
+                )
+                new.gallery.load(session)
+            assert new.gallery.sizes()["dlib-resnet-v1@1"] == 1
+            assert new.keys.key_store.get(shopper_id).master_key_id == rotated["new_key_id"]
+    finally:
+        restarted.extensions["facepay"].stop()
