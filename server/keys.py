@@ -9,6 +9,12 @@
   in a form anyone can enumerate without it.
 
 In development the missing ones are created (0600) under <instance>/keys, loudly.
+
+The key store is an SQLite file of its own (`SqliteKeyStore`, by default
+`<instance>/keystore.sqlite3`); if the configured path (FACEPAY_KEY_STORE) is a directory,
+the one-JSON-file-per-shopper `FileKeyStore` in it is used instead. An instance created before
+the SQLite store existed (a `<instance>/keystore` directory and no `keystore.sqlite3`) keeps
+using its directory.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.config import ConfigError, Settings
-from server.crypto import FileKeyStore, KeyStore, MasterKey, ServerSealingKey
+from server.crypto import FileKeyStore, KeyStore, MasterKey, ServerSealingKey, SqliteKeyStore
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +56,22 @@ def key_paths(settings: Settings) -> dict[str, Path]:
         "audit": settings.audit_key_file or keys / "audit.key",
         "phone": settings.phone_key_file or keys / "phone.key",
         "sealing": settings.sealing_key_file or keys / "sealing.key",
-        "key_store": settings.key_store or settings.instance / "keystore",
+        "key_store": settings.key_store or _default_key_store(settings.instance),
     }
+
+
+def _default_key_store(instance: Path) -> Path:
+    legacy, current = instance / "keystore", instance / "keystore.sqlite3"
+    if legacy.is_dir() and not current.exists():
+        return legacy
+    return current
+
+
+def open_key_store(path: Path, *, create: bool) -> KeyStore:
+    """The key store at `path`: a `FileKeyStore` if it is a directory, else a `SqliteKeyStore`."""
+    if path.is_dir():
+        return FileKeyStore(path, create=create)
+    return SqliteKeyStore(path, create=create)
 
 
 def load_keys(settings: Settings) -> InstanceKeys:
@@ -80,7 +100,7 @@ def load_keys(settings: Settings) -> InstanceKeys:
         audit_key=MasterKey.load(paths["audit"]).key,
         phone_key=MasterKey.load(paths["phone"]).key,
         sealing=ServerSealingKey.load(paths["sealing"]),
-        key_store=FileKeyStore(paths["key_store"], create=not settings.is_production),
+        key_store=open_key_store(paths["key_store"], create=not settings.is_production),
     )
 
 
@@ -97,7 +117,7 @@ def generate_missing(paths: dict[str, Path]) -> list[str]:
         ServerSealingKey.generate().save(paths["sealing"])
         created.append("sealing")
     if not paths["key_store"].exists():
-        paths["key_store"].mkdir(parents=True, mode=0o700)
+        SqliteKeyStore(paths["key_store"], create=True).close()
         created.append("key_store")
     return created
 

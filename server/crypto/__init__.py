@@ -15,10 +15,12 @@ from __future__ import annotations
 from server.crypto.envelope import (
     ENVELOPE_OVERHEAD,
     ENVELOPE_VERSION,
+    TemplateOpener,
     envelope_key_id,
     open_,
     seal,
     template_associated_data,
+    template_associated_data_fast,
 )
 from server.crypto.errors import (
     CryptoError,
@@ -36,13 +38,22 @@ from server.crypto.errors import (
 )
 from server.crypto.keyring import (
     DataKey,
+    DataKeyUnwrapper,
     MasterKey,
     WrappedKey,
     rewrap,
     unwrap_data_key,
     wrap_data_key,
 )
-from server.crypto.keystore import FileKeyStore, InMemoryKeyStore, KeyStore, rotate_master_key
+from server.crypto.keystore import (
+    BulkKeyStore,
+    FileKeyStore,
+    InMemoryKeyStore,
+    KeyStore,
+    SqliteKeyStore,
+    WrappedKeyRecord,
+    rotate_master_key,
+)
 from server.crypto.sealing import SEAL_OVERHEAD, SEAL_VERSION, ServerSealingKey, seal_to
 from server.crypto.signing import (
     DEFAULT_WINDOW_SECONDS,
@@ -61,8 +72,10 @@ __all__ = [
     "ENVELOPE_VERSION",
     "SEAL_OVERHEAD",
     "SEAL_VERSION",
+    "BulkKeyStore",
     "CryptoError",
     "DataKey",
+    "DataKeyUnwrapper",
     "DecryptionError",
     "FileKeyStore",
     "InMemoryKeyStore",
@@ -79,8 +92,11 @@ __all__ = [
     "ReplayGuard",
     "ServerSealingKey",
     "SignatureError",
+    "SqliteKeyStore",
+    "TemplateOpener",
     "UnknownKeyError",
     "WrappedKey",
+    "WrappedKeyRecord",
     "body_sha256_hex",
     "canonical_request",
     "envelope_key_id",
@@ -92,6 +108,7 @@ __all__ = [
     "seal_to",
     "sign_request",
     "template_associated_data",
+    "template_associated_data_fast",
     "unwrap_data_key",
     "verify_request",
     "verify_signed_request",

@@ -37,14 +37,11 @@ def encode_fields(domain: bytes, *fields: bytes | str) -> bytes:
         raise ValueError("domain must be 1..255 bytes")
     if len(fields) > _MAX_FIELDS:
         raise ValueError("too many fields")
-    out = bytearray()
-    out += len(domain).to_bytes(1, "big")
-    out += domain
-    out += len(fields).to_bytes(2, "big")
+    parts = [len(domain).to_bytes(1, "big"), bytes(domain), len(fields).to_bytes(2, "big")]
     for index, field in enumerate(fields):
         raw = to_utf8(field, f"field {index}") if isinstance(field, str) else bytes(field)
         if len(raw) > _MAX_FIELD_LEN:
             raise ValueError("field too long")
-        out += len(raw).to_bytes(4, "big")
-        out += raw
-    return bytes(out)
+        parts.append(len(raw).to_bytes(4, "big"))
+        parts.append(raw)
+    return b"".join(parts)

@@ -33,10 +33,12 @@ from server.crypto.keyring import DATA_KEY_ID_SIZE, DataKey
 __all__ = [
     "ENVELOPE_OVERHEAD",
     "ENVELOPE_VERSION",
+    "TemplateOpener",
     "envelope_key_id",
     "open_",
     "seal",
     "template_associated_data",
+    "template_associated_data_fast",
 ]
 
 ENVELOPE_VERSION: Final = 0x01
@@ -46,6 +48,10 @@ _HEADER_SIZE: Final = 1 + DATA_KEY_ID_SIZE
 ENVELOPE_OVERHEAD: Final = _HEADER_SIZE + _NONCE_SIZE + _TAG_SIZE
 _AAD_PREFIX: Final = b"facepay/envelope/v1\x00"
 _TEMPLATE_AAD_DOMAIN: Final = b"facepay/template-aad/v1"
+# encode_fields(_TEMPLATE_AAD_DOMAIN, a, b, c) up to the first field: u8 len || domain || u16 3
+_TEMPLATE_AAD_HEAD: Final = (
+    len(_TEMPLATE_AAD_DOMAIN).to_bytes(1, "big") + _TEMPLATE_AAD_DOMAIN + (3).to_bytes(2, "big")
+)
 
 
 def _gcm_aad(header: bytes, associated_data: bytes) -> bytes:
@@ -116,3 +122,68 @@ def template_associated_data(shopper_id: str, template_id: str, pack_id: str) ->
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name} must be a non-empty str")
     return encode_fields(_TEMPLATE_AAD_DOMAIN, shopper_id, template_id, pack_id)
+
+
+def _aad_field(value: object, name: str) -> bytes:
+    """One length-prefixed field of :func:`template_associated_data` (same checks and bytes)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty str")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode text") from None
+    return len(raw).to_bytes(4, "big") + raw
+
+
+def template_associated_data_fast(shopper_id: str, template_id: str, pack_id: str) -> bytes:
+    """The same bytes as :func:`template_associated_data`, built without the generic encoder
+    (for bulk decryption; a test checks the two agree)."""
+    return b"".join(
+        (
+            _TEMPLATE_AAD_HEAD,
+            _aad_field(shopper_id, "shopper_id"),
+            _aad_field(template_id, "template_id"),
+            _aad_field(pack_id, "pack_id"),
+        )
+    )
+
+
+class TemplateOpener:
+    """Opens many template envelopes of one shopper under their data key.
+
+    ``opener.open(blob, template_id, pack_id)`` returns exactly what
+    ``open_(key, blob, template_associated_data(shopper_id, template_id, pack_id))``
+    returns and raises the same errors, but sets up AES-GCM once and builds the
+    associated data from parts computed once (the gallery's cold start opens ~10^6).
+    """
+
+    __slots__ = ("_aead", "_header", "_packs", "_prefix")
+
+    def __init__(self, key: DataKey, shopper_id: str) -> None:
+        self._aead = AESGCM(key.key)
+        self._header = bytes([ENVELOPE_VERSION]) + key.key_id
+        # _gcm_aad(header, template_associated_data(...)) up to the template id field
+        self._prefix = (
+            _AAD_PREFIX + self._header + _TEMPLATE_AAD_HEAD + _aad_field(shopper_id, "shopper_id")
+        )
+        self._packs: dict[str, bytes] = {}
+
+    def open(self, blob: bytes, template_id: str, pack_id: str) -> bytes:
+        if not isinstance(blob, bytes) or len(blob) < ENVELOPE_OVERHEAD:
+            _check_frame(blob)  # raises the same error open_ would
+        header = blob[:_HEADER_SIZE]
+        if header != self._header:
+            _check_frame(blob)  # an unknown version first, as in open_
+            raise UnknownKeyError("envelope was sealed under a different data key")
+        pack_field = self._packs.get(pack_id)
+        if pack_field is None:
+            pack_field = self._packs[pack_id] = _aad_field(pack_id, "pack_id")
+        associated_data = self._prefix + _aad_field(template_id, "template_id") + pack_field
+        try:
+            return self._aead.decrypt(
+                blob[_HEADER_SIZE : _HEADER_SIZE + _NONCE_SIZE],
+                blob[_HEADER_SIZE + _NONCE_SIZE :],
+                associated_data,
+            )
+        except InvalidTag:
+            raise DecryptionError("envelope failed to authenticate") from None

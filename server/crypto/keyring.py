@@ -30,7 +30,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from server.crypto._encoding import encode_fields
+from server.crypto._encoding import encode_fields, to_utf8
 from server.crypto._fs import check_private_file, write_private_file
 from server.crypto.errors import DecryptionError, KeyFormatError, UnknownKeyError
 
@@ -38,6 +38,7 @@ __all__ = [
     "DATA_KEY_ID_SIZE",
     "KEY_SIZE",
     "DataKey",
+    "DataKeyUnwrapper",
     "MasterKey",
     "WrappedKey",
     "rewrap",
@@ -58,9 +59,16 @@ _MASTER_FILE_VERSION: Final = 1
 _MASTER_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+_valid_master_ids: set[str] = set()  # ids already checked: a handful, checked ~10^6 times
+
+
 def _check_master_id(key_id: str) -> None:
+    if type(key_id) is str and key_id in _valid_master_ids:
+        return
     if not isinstance(key_id, str) or _MASTER_ID_RE.fullmatch(key_id) is None:
         raise KeyFormatError("master key id must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+    if type(key_id) is str and len(_valid_master_ids) < 256:
+        _valid_master_ids.add(key_id)
 
 
 def _check_key_bytes(key: bytes) -> None:
@@ -252,22 +260,57 @@ def unwrap_data_key(
     and :class:`DecryptionError` if the wrapped key does not authenticate (wrong
     shopper, tampered, wrong master key under the same id, unknown version).
     """
-    if wrapped.version != _WRAP_VERSION:
-        raise DecryptionError("unsupported wrapped key version")
-    master = master_keys.get(wrapped.master_key_id)
-    if master is None:
-        raise UnknownKeyError(f"master key {wrapped.master_key_id!r} is not loaded")
-    if master.key_id != wrapped.master_key_id:
-        raise UnknownKeyError("master key mapping is inconsistent with key ids")
-    if len(wrapped.ciphertext) != _NONCE_SIZE + KEY_SIZE + _TAG_SIZE:
-        raise DecryptionError("wrapped key has the wrong length")
-    nonce, sealed = wrapped.ciphertext[:_NONCE_SIZE], wrapped.ciphertext[_NONCE_SIZE:]
-    aad = _wrap_aad(wrapped.master_key_id, wrapped.data_key_id, shopper_id)
-    try:
-        key = AESGCM(master.key).decrypt(nonce, sealed, aad)
-    except InvalidTag:
-        raise DecryptionError("wrapped key failed to authenticate") from None
-    return DataKey(wrapped.data_key_id, key)
+    return DataKeyUnwrapper(master_keys).unwrap(wrapped, shopper_id)
+
+
+class DataKeyUnwrapper:
+    """:func:`unwrap_data_key` for many keys: one AES-GCM object and one associated-data
+    prefix per master key (the gallery's cold start unwraps one data key per shopper).
+    Same checks, same errors, same associated data as :func:`_wrap_aad`."""
+
+    __slots__ = ("_master_keys", "_masters")
+
+    def __init__(self, master_keys: Mapping[str, MasterKey]) -> None:
+        self._master_keys = master_keys
+        self._masters: dict[str, tuple[AESGCM, bytes]] = {}
+
+    def _master(self, master_key_id: str) -> tuple[AESGCM, bytes]:
+        found = self._masters.get(master_key_id)
+        if found is None:
+            master = self._master_keys.get(master_key_id)
+            if master is None:
+                raise UnknownKeyError(f"master key {master_key_id!r} is not loaded")
+            if master.key_id != master_key_id:
+                raise UnknownKeyError("master key mapping is inconsistent with key ids")
+            # encode_fields(_WRAP_DOMAIN, master_key_id, ...) up to the data key id field
+            head = encode_fields(_WRAP_DOMAIN, master_key_id, b"", "")[:-8]
+            found = self._masters[master_key_id] = (AESGCM(master.key), head)
+        return found
+
+    def unwrap(self, wrapped: WrappedKey, shopper_id: str) -> DataKey:
+        if wrapped.version != _WRAP_VERSION:
+            raise DecryptionError("unsupported wrapped key version")
+        aead, head = self._master(wrapped.master_key_id)
+        ciphertext = wrapped.ciphertext
+        if len(ciphertext) != _NONCE_SIZE + KEY_SIZE + _TAG_SIZE:
+            raise DecryptionError("wrapped key has the wrong length")
+        if not isinstance(shopper_id, str) or not shopper_id:
+            raise ValueError("shopper_id must be a non-empty str")
+        shopper = to_utf8(shopper_id, "field 2")
+        aad = b"".join(
+            (
+                head,
+                DATA_KEY_ID_SIZE.to_bytes(4, "big"),
+                wrapped.data_key_id,
+                len(shopper).to_bytes(4, "big"),
+                shopper,
+            )
+        )
+        try:
+            key = aead.decrypt(ciphertext[:_NONCE_SIZE], ciphertext[_NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise DecryptionError("wrapped key failed to authenticate") from None
+        return DataKey(wrapped.data_key_id, key)
 
 
 def rewrap(

@@ -1,21 +1,34 @@
-"""An in-memory gallery index for one pack: exact cosine (dot product) search, per shopper.
+"""An in-memory gallery index for one pack: cosine (dot product) search, best score per shopper.
 
 A shopper has several templates; a search returns the best score per shopper, top-k shoppers.
+Small galleries are searched exhaustively with one matrix product. From IVF_MIN_TEMPLATES on,
+an inverted-file index (faiss IndexIVFFlat) narrows each search to the templates of the
+`nprobe` cells nearest the probe; it stores the vectors themselves, so every returned score is
+an exact dot product; when the best score found that way is below the operating threshold, an
+exhaustive search confirms it, so a genuine probe whose shopper sat in an unprobed cell is
+still found (`bench/bench_gallery.py` checks top-1 against an exhaustive search). The inverted
+file is built in the background; until it is ready, searches are exhaustive.
 Writers take a lock; searches read a consistent snapshot.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+logger = logging.getLogger(__name__)
+
 Vectors = npt.NDArray[np.float32]
 
 MAX_TEMPLATES_PER_SHOPPER = 8
+IVF_MIN_TEMPLATES = 50_000
+IVF_PROBES = 32
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,11 @@ class GalleryIndex:
         self._count = 0
         self._shopper_ids: list[str] = []
         self._rows: dict[str, list[int]] = {}
+        self._ivf: Any = None
+        self._ivf_built_at = 0
+        self._building = False
+        self._generation = 0  # bumped by bulk_load: a build of older contents is discarded
+        self.ivf_thread: threading.Thread | None = None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -81,6 +99,10 @@ class GalleryIndex:
             self._alive[start : start + rows.shape[0]] = True
             self._count += rows.shape[0]
             self._rows[shopper_id] = list(range(start, self._count))
+            if self._ivf is not None:
+                self._ivf.add_with_ids(rows, np.arange(start, self._count, dtype=np.int64))
+            if self._count >= max(IVF_MIN_TEMPLATES, 2 * self._ivf_built_at):
+                self._start_ivf_build()  # first time past the threshold, or the gallery doubled
 
     def bulk_load(
         self,
@@ -107,6 +129,70 @@ class GalleryIndex:
             self._count = rows.shape[0]
             self._shopper_ids = list(shopper_ids)
             self._rows = grouped
+            self._ivf = None
+            self._ivf_built_at = 0
+            self._generation += 1
+            self._building = False
+            if self._count >= IVF_MIN_TEMPLATES:
+                self._start_ivf_build()
+
+    def _start_ivf_build(self) -> None:
+        """Build the inverted file in the background (the caller holds the lock): until it is
+        ready, searches are exhaustive, so a cold start does not wait for the clustering."""
+        if self._building:
+            return
+        self._building = True
+        self._ivf_built_at = self._count
+        live = np.flatnonzero(self._alive[: self._count])
+        snapshot = np.ascontiguousarray(self._vectors[live])
+        thread = threading.Thread(
+            target=self._build_ivf,
+            args=(live, snapshot, self._generation),
+            name="gallery-ivf",
+            daemon=True,
+        )
+        thread.start()
+        self.ivf_thread = thread
+
+    def _build_ivf(self, live: npt.NDArray[np.int64], vectors: Vectors, generation: int) -> None:
+        """Cluster a snapshot into about 1 cell per 1,000 templates (k-means on a sample), then
+        install it with whatever changed since the snapshot."""
+        import faiss
+
+        try:
+            cells = int(min(4096, max(64, live.size // 1000)))
+            quantizer = faiss.IndexFlatIP(self.dimension)
+            ivf = faiss.IndexIVFFlat(quantizer, self.dimension, cells, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            sample = (
+                np.arange(live.size)
+                if live.size <= 40 * cells
+                else np.sort(rng.choice(live.size, 40 * cells, replace=False))
+            )
+            ivf.cp.niter = 10
+            ivf.train(vectors[sample])
+            ivf.add_with_ids(vectors, live.astype(np.int64))
+            ivf.nprobe = IVF_PROBES
+            with self._lock:
+                if generation != self._generation:
+                    return  # the contents were replaced while this was built
+                gone = live[~self._alive[live]]
+                if gone.size:
+                    ivf.remove_ids(faiss.IDSelectorArray(gone.astype(np.int64)))
+                last = int(live[-1]) + 1 if live.size else 0
+                newer = np.arange(last, self._count)[self._alive[last : self._count]]
+                if newer.size:
+                    ivf.add_with_ids(
+                        np.ascontiguousarray(self._vectors[newer]), newer.astype(np.int64)
+                    )
+                self._ivf = ivf
+                self._building = False
+        except Exception:
+            logger.exception(
+                "building the gallery's inverted file failed; searches stay exhaustive"
+            )
+            with self._lock:
+                self._building = False
 
     def remove(self, shopper_id: str) -> bool:
         with self._lock:
@@ -118,10 +204,39 @@ class GalleryIndex:
             return False
         self._alive[rows] = False
         self._vectors[rows] = 0.0
+        if self._ivf is not None:
+            import faiss
+
+            self._ivf.remove_ids(faiss.IDSelectorArray(np.asarray(rows, dtype=np.int64)))
         return True
 
     def search(
-        self, probe: npt.NDArray[np.generic], k: int = 2, restrict_to: Collection[str] | None = None
+        self,
+        probe: npt.NDArray[np.generic],
+        k: int = 2,
+        restrict_to: Collection[str] | None = None,
+        exhaustive_below: float | None = None,
+    ) -> list[Candidate]:
+        """The k best shoppers. With an inverted file, a best score below `exhaustive_below`
+        (the operating threshold) is confirmed by an exhaustive search, so a probe is never
+        declined because its shopper's templates sat in a cell that was not probed."""
+        found = self._search(probe, k, restrict_to, use_ivf=True)
+        if (
+            restrict_to is None
+            and self._ivf is not None
+            and exhaustive_below is not None
+            and (not found or found[0].score < exhaustive_below)
+        ):
+            found = self._search(probe, k, None, use_ivf=False)
+        return found
+
+    def _search(
+        self,
+        probe: npt.NDArray[np.generic],
+        k: int,
+        restrict_to: Collection[str] | None,
+        *,
+        use_ivf: bool,
     ) -> list[Candidate]:
         query = np.asarray(probe, dtype=np.float32).reshape(-1)
         if query.shape != (self.dimension,) or not np.all(np.isfinite(query)):
@@ -130,6 +245,9 @@ class GalleryIndex:
             count = self._count
             vectors, owners, alive = self._vectors, self._owners, self._alive
             ids = self._shopper_ids
+            ivf = self._ivf if use_ivf else None
+            if restrict_to is None and ivf is not None:
+                scores_2d, found_rows = ivf.search(query[None, :], k * MAX_TEMPLATES_PER_SHOPPER)
             if restrict_to is not None:
                 subset = np.array(
                     [r for s in restrict_to for r in self._rows.get(s, [])], dtype=np.int64
@@ -141,6 +259,12 @@ class GalleryIndex:
                 return []
             scores = vectors[subset] @ query
             rows = subset
+        elif ivf is not None:
+            keep = found_rows[0] >= 0
+            rows = found_rows[0][keep]
+            scores = scores_2d[0][keep].astype(np.float32)
+            if rows.size == 0:
+                return []
         else:
             scores = vectors[:count] @ query
             scores[~alive[:count]] = -np.inf

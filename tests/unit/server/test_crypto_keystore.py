@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from server.crypto import (
     KeyStoreError,
     KeyStoreUnavailable,
     MasterKey,
+    SqliteKeyStore,
     UnknownKeyError,
     open_,
     rotate_master_key,
@@ -32,10 +34,14 @@ from server.crypto import (
 )
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "sqlite", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
     if request.param == "file":
         yield FileKeyStore(tmp_path / "keys", create=True)
+    elif request.param == "sqlite":
+        sqlite_store = SqliteKeyStore(tmp_path / "keys" / "keystore.sqlite3", create=True)
+        yield sqlite_store
+        sqlite_store.close()
     else:
         yield InMemoryKeyStore()
 
@@ -221,3 +227,168 @@ def test_unreadable_entry_is_unavailable(tmp_path: Path, master: MasterKey) -> N
     _entry(store).chmod(0)
     with pytest.raises(KeyStoreUnavailable):
         store.get("s")
+
+
+# ----------------------------------------------------------------- SqliteKeyStore specifics
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteKeyStore]:
+    store = SqliteKeyStore(tmp_path / "keys" / "keystore.sqlite3", create=True)
+    yield store
+    store.close()
+
+
+def test_sqlite_store_permissions(sqlite_store: SqliteKeyStore, master: MasterKey) -> None:
+    _enrol(sqlite_store, master, "shopper-a")
+    assert stat.S_IMODE(sqlite_store.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(sqlite_store.path.stat().st_mode) == 0o600
+    # a rollback journal, deleted at commit: nothing is left beside the file
+    assert sorted(p.name for p in sqlite_store.path.parent.iterdir()) == ["keystore.sqlite3"]
+
+
+def test_sqlite_store_persists_across_instances(tmp_path: Path, master: MasterKey) -> None:
+    path = tmp_path / "keystore.sqlite3"
+    first = SqliteKeyStore(path, create=True)
+    data_key = _enrol(first, master, "s")
+    first.close()
+    reopened = SqliteKeyStore(path)
+    assert unwrap_data_key({master.key_id: master}, reopened.get("s"), "s").key == data_key.key
+    reopened.close()
+
+
+def test_sqlite_destroy_overwrites_the_wrapped_key_in_the_file(
+    sqlite_store: SqliteKeyStore, master: MasterKey
+) -> None:
+    wrapped = {}
+    for index in range(400):  # several pages, so deletes and page rebalancing both happen
+        shopper_id = f"shopper-{index:04d}"
+        wrapped[shopper_id] = wrap_data_key(master, DataKey.generate(), shopper_id)
+    sqlite_store.put_many(wrapped.items())
+    destroyed = sorted(wrapped)[::3]
+    for shopper_id in destroyed:
+        assert sqlite_store.destroy(shopper_id) is True
+        with pytest.raises(KeyNotFoundError):
+            sqlite_store.get(shopper_id)
+    assert sqlite_store.destroy(destroyed[0]) is False
+
+    files = list(sqlite_store.path.parent.iterdir())
+    assert files == [sqlite_store.path]  # no journal or WAL holding a copy
+    raw = sqlite_store.path.read_bytes()
+    for shopper_id, key in wrapped.items():
+        assert (key.ciphertext in raw) is (shopper_id not in destroyed)
+    assert sqlite_store.shopper_ids() == sorted(set(wrapped) - set(destroyed))
+
+
+def test_sqlite_rotation_leaves_no_old_wrapping_behind(
+    sqlite_store: SqliteKeyStore, master: MasterKey
+) -> None:
+    keys = {shopper: _enrol(sqlite_store, master, shopper) for shopper in ("a", "b", "c")}
+    old = {shopper: sqlite_store.get(shopper).ciphertext for shopper in keys}
+    new = MasterKey.generate("mk-2")
+    assert rotate_master_key(sqlite_store, {master.key_id: master}, new) == 3
+    raw = sqlite_store.path.read_bytes()
+    for shopper, data_key in keys.items():
+        assert old[shopper] not in raw
+        assert unwrap_data_key({new.key_id: new}, sqlite_store.get(shopper), shopper).key == (
+            data_key.key
+        )
+
+
+def test_sqlite_put_many_is_all_or_nothing(sqlite_store: SqliteKeyStore, master: MasterKey) -> None:
+    _enrol(sqlite_store, master, "b")
+    batch = [(s, wrap_data_key(master, DataKey.generate(), s)) for s in ("a", "b", "c")]
+    with pytest.raises(KeyExistsError):
+        sqlite_store.put_many(batch)
+    assert sqlite_store.shopper_ids() == ["b"]
+    sqlite_store.put_many([batch[0], batch[2]])
+    bulk = sqlite_store.wrapped_keys()
+    assert sorted(bulk) == ["a", "b", "c"]
+    assert bulk["a"] == batch[0][1] and bulk["b"] == sqlite_store.get("b")
+
+
+def test_sqlite_missing_file_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreUnavailable):
+        SqliteKeyStore(tmp_path / "absent.sqlite3")
+    assert not (tmp_path / "absent.sqlite3").exists()
+
+
+def test_sqlite_vanished_file_is_unavailable_not_missing(
+    sqlite_store: SqliteKeyStore, master: MasterKey
+) -> None:
+    _enrol(sqlite_store, master, "shopper-a")
+    shutil.rmtree(sqlite_store.path.parent)  # e.g. the volume is not mounted
+    with pytest.raises(KeyStoreUnavailable):
+        sqlite_store.get("shopper-a")
+    with pytest.raises(KeyStoreUnavailable):
+        sqlite_store.wrapped_keys()
+    with pytest.raises(KeyStoreUnavailable):
+        sqlite_store.destroy("shopper-a")
+
+
+def test_sqlite_replaced_file_is_unavailable(
+    sqlite_store: SqliteKeyStore, tmp_path: Path, master: MasterKey
+) -> None:
+    _enrol(sqlite_store, master, "shopper-a")
+    other = SqliteKeyStore(tmp_path / "other.sqlite3", create=True)
+    other.close()
+    os.replace(other.path, sqlite_store.path)  # e.g. an old copy restored over it
+    with pytest.raises(KeyStoreUnavailable):
+        sqlite_store.get("shopper-a")
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a database at all" * 100, b"SQLite format 3\x00" + b"x" * 200]
+)
+def test_sqlite_corrupt_file_fails_closed(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "keystore.sqlite3"
+    path.write_bytes(content)
+    with pytest.raises(KeyStoreUnavailable):
+        SqliteKeyStore(path)
+
+
+def test_sqlite_refuses_a_foreign_database(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    connection.close()
+    with pytest.raises(KeyStoreCorruptError):
+        SqliteKeyStore(path, create=True)
+
+
+def test_sqlite_malformed_row_fails_closed(sqlite_store: SqliteKeyStore, master: MasterKey) -> None:
+    _enrol(sqlite_store, master, "shopper-a")
+    with sqlite3.connect(sqlite_store.path) as connection:
+        connection.execute("UPDATE wrapped_keys SET data_key_id = x'00'")
+    connection.close()
+    with pytest.raises(KeyStoreCorruptError):
+        sqlite_store.get("shopper-a")
+    with pytest.raises(KeyStoreCorruptError):
+        sqlite_store.wrapped_keys()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_sqlite_unreadable_file_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "keystore.sqlite3"
+    SqliteKeyStore(path, create=True).close()
+    path.chmod(0)
+    with pytest.raises(KeyStoreUnavailable):
+        SqliteKeyStore(path)
+
+
+def test_instance_key_store_is_sqlite_unless_a_directory(tmp_path: Path) -> None:
+    from server.config import load_settings
+    from server.keys import key_paths, load_keys
+
+    settings = load_settings({"instance": str(tmp_path / "new")})
+    assert isinstance(load_keys(settings).key_store, SqliteKeyStore)
+    assert key_paths(settings)["key_store"] == tmp_path / "new" / "keystore.sqlite3"
+
+    (tmp_path / "old" / "keystore").mkdir(parents=True)  # an instance from before
+    settings = load_settings({"instance": str(tmp_path / "old")})
+    assert isinstance(load_keys(settings).key_store, FileKeyStore)
+
+    configured = tmp_path / "elsewhere"
+    configured.mkdir()
+    settings = load_settings({"instance": str(tmp_path / "new"), "key_store": str(configured)})
+    assert isinstance(load_keys(settings).key_store, FileKeyStore)
