@@ -79,6 +79,78 @@ def run(host: str, port: int) -> None:
     app.run(host=host, port=port, threaded=True, use_reloader=False)
 
 
+@server_group.group("policy")
+def policy_group() -> None:
+    """The consent notice shown at enrollment."""
+
+
+@policy_group.command("show")
+@json_option
+def policy_show(as_json: bool) -> None:
+    from server.consent import service as consent
+
+    with _app() as svc, svc.sessions() as session:
+        policy = consent.current(session)
+    data = policy.as_dict()
+    lines = [
+        f"version {policy.version}, retention {policy.retention_days} days, "
+        f"effective {policy.effective_at:%Y-%m-%d}"
+    ]
+    lines += [
+        f"  {locale}: sha256 {consent.text_sha256(text)}" for locale, text in policy.texts.items()
+    ]
+    text = "\n".join(lines)
+    _emit(as_json, data, text)
+
+
+@policy_group.command("publish")
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    required=True,
+    metavar="LOCALE=FILE",
+    help="The notice's full text in one locale, e.g. --text en=notice.en.txt --text fr=avis.fr.txt",
+)
+@click.option("--purpose", default=None, help="The purpose statement (default: the shipped one).")
+@click.option("--retention-days", type=click.IntRange(1, 3 * 365), default=None)
+@json_option
+def policy_publish(
+    texts: tuple[str, ...], purpose: str | None, retention_days: int | None, as_json: bool
+) -> None:
+    """Publish a new version of the notice; shoppers enroll against the newest one."""
+    from server.audit.service import record_event
+    from server.consent import service as consent
+    from server.db import transaction
+
+    by_locale: dict[str, str] = {}
+    for item in texts:
+        locale, _, path = item.partition("=")
+        if not locale or not path:
+            raise click.UsageError(f"--text takes LOCALE=FILE, not {item!r}")
+        by_locale[locale.strip()] = Path(path).read_text(encoding="utf-8")
+    with _app() as svc, transaction(svc.sessions) as session:
+        previous = consent.current(session)
+        policy = consent.publish(
+            session,
+            by_locale,
+            purpose=purpose or previous.purpose,
+            retention_days=retention_days or previous.retention_days,
+        )
+        record_event(
+            session,
+            svc.keys.audit_key,
+            "policy.published",
+            actor="cli",
+            data={"version": policy.version, "locales": sorted(by_locale)},
+        )
+    _emit(
+        as_json,
+        policy.as_dict(),
+        f"consent notice v{policy.version} published ({', '.join(sorted(by_locale))})",
+    )
+
+
 @server_group.group("kiosk")
 def kiosk_group() -> None:
     """Kiosks: add (prints a one-time pairing code), revoke, list."""

@@ -136,3 +136,34 @@ def test_rotate_master_key_rewraps_without_touching_templates(
             assert new.keys.key_store.get(shopper_id).master_key_id == rotated["new_key_id"]
     finally:
         restarted.extensions["facepay"].stop()
+
+
+def test_operator_publishes_a_new_notice(
+    app_config: dict[str, Any], app: Any, client: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    from server.cli import server_group
+
+    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
+    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
+    (tmp_path / "en.txt").write_text("Store notice, version two.", encoding="utf-8")
+    (tmp_path / "fr.txt").write_text("Avis du magasin, version deux.", encoding="utf-8")
+    result = CliRunner().invoke(
+        server_group,
+        [
+            "policy",
+            "publish",
+            "--text",
+            f"en={tmp_path / 'en.txt'}",
+            "--text",
+            f"fr={tmp_path / 'fr.txt'}",
+            "--retention-days",
+            "180",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    policy = client.get("/v1/policy").get_json()
+    assert policy["version"] == 2 and policy["retention_days"] == 180
+    assert policy["texts"]["fr"]["text"] == "Avis du magasin, version deux."
+    bad = CliRunner().invoke(server_group, ["policy", "publish", "--text", "en"])
+    assert bad.exit_code != 0
