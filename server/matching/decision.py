@@ -1,25 +1,45 @@
-"""The match decision, as a pure function of the top candidates and the matching policy.
+"""The match decision: a pure function of the top candidates and the matching policy.
 
-- No candidate, or the best below the threshold: no match.
-- The best above the threshold but less than `margin` above the best other shopper: step-up
-  (the phone's last four digits narrow the gallery); within an already narrowed gallery, an
-  ambiguous result is a no match.
-- The estimated false-positive identification rate, FPIR ≈ gallery size × FMR at the
-  threshold used, above the target: step-up. After step-up the gallery is already narrowed to
-  the shoppers whose phone ends in the digits typed, which is the mitigation for that risk;
-  there the threshold and the margin still apply, the FPIR target does not.
-- Otherwise: a match. The decision never carries the score.
+`decide` takes the best shoppers of a 1:N search (best first, as `GalleryIndex.search` returns
+them; at most the first two are read) and applies these rules, in this order:
+
+1. No candidate: ``no_match`` / ``empty_gallery``.
+2. The best score below `threshold`: ``no_match`` / ``below_threshold``.
+3. The best less than `margin` above the second best shopper (a lone candidate has no
+   competitor; its margin is unlimited):
+   - an open search: ``step_up`` / ``thin_margin`` (the kiosk asks for something that narrows
+     the gallery, e.g. the last digits of the phone number, and searches again);
+   - a search already narrowed by step-up (`restricted`): ``no_match`` / ``ambiguous``.
+4. The estimated false-positive identification rate, FPIR = `gallery_size` x `fmr` (the
+   false match rate at the threshold used, a union bound over the gallery), above
+   `target_fpir`:
+   - an open search: ``step_up`` / ``fpir_above_target`` (the gallery is too large for a
+     face alone at this threshold);
+   - a restricted search: the caller passes the size of the *restricted* gallery, so the
+     estimate is that of the narrowed search; if even that is above the target, there is
+     nothing left to narrow: ``no_match`` / ``fpir_above_target``.
+5. Otherwise: ``match`` / ``matched``, with the best shopper's id.
+
+Only ``match`` carries a shopper id. A `Decision` never carries a score: scores do not leave
+the matching layer (they would help an attacker climb towards a threshold).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from server.matching.index import Candidate
 
+__all__ = ["REASONS", "Decision", "Outcome", "decide"]
+
 Outcome = Literal["match", "no_match", "step_up"]
+
+REASONS: Final = frozenset(
+    {"empty_gallery", "below_threshold", "thin_margin", "ambiguous", "fpir_above_target", "matched"}
+)
 
 
 @dataclass(frozen=True)
@@ -39,18 +59,22 @@ def decide(
     target_fpir: float,
     restricted: bool = False,
 ) -> Decision:
+    """Apply the rules of the module docstring. Raises `ValueError` for an invalid policy."""
+    if not all(math.isfinite(value) for value in (threshold, margin, fmr, target_fpir)):
+        raise ValueError("the matching policy must be finite")
+    if margin < 0 or gallery_size < 0 or not 0 <= fmr <= 1 or target_fpir < 0:
+        raise ValueError("the matching policy is out of range")
     if not candidates:
         return Decision("no_match", None, "empty_gallery")
     best = candidates[0]
-    if best.score < threshold:
+    if not best.score >= threshold:  # also a NaN score
         return Decision("no_match", None, "below_threshold")
-    second = candidates[1].score if len(candidates) > 1 else -1.0
-    if best.score - second < margin:
-        return (
-            Decision("no_match", None, "ambiguous")
-            if restricted
-            else Decision("step_up", None, "thin_margin")
-        )
-    if gallery_size * fmr > target_fpir and not restricted:
+    if len(candidates) > 1 and best.score - candidates[1].score < margin:
+        if restricted:
+            return Decision("no_match", None, "ambiguous")
+        return Decision("step_up", None, "thin_margin")
+    if gallery_size * fmr > target_fpir:
+        if restricted:
+            return Decision("no_match", None, "fpir_above_target")
         return Decision("step_up", None, "fpir_above_target")
     return Decision("match", best.shopper_id, "matched")

@@ -535,7 +535,9 @@ class GalleryIndex:
         if snap.dead_rows:
             scores[~alive] = -np.inf
         take = min(span, k * max(1, snap.per_shopper_max))
-        top = np.argpartition(scores, span - take)[span - take :] if take < span else np.arange(span)
+        top = (
+            np.argpartition(scores, span - take)[span - take :] if take < span else np.arange(span)
+        )
         top = top[alive[top]]
         return snap.owners[first + top].astype(np.int64)
 
@@ -554,9 +556,7 @@ class GalleryIndex:
         return self._best_shoppers(snap, slots, query, k)
 
     @staticmethod
-    def _best_shoppers(
-        snap: _Snapshot, slots: RowIndex, query: Vectors, k: int
-    ) -> list[Candidate]:
+    def _best_shoppers(snap: _Snapshot, slots: RowIndex, query: Vectors, k: int) -> list[Candidate]:
         """Score every template of the given live slots exactly; the k best shoppers."""
         slots = np.unique(slots)
         slots = slots[(slots >= 0) & (slots < snap.slots)]
