@@ -15,9 +15,10 @@ them; at most the first two are read) and applies these rules, in this order:
    `target_fpir`:
    - an open search: ``step_up`` / ``fpir_above_target`` (the gallery is too large for a
      face alone at this threshold);
-   - a restricted search: the caller passes the size of the *restricted* gallery, so the
-     estimate is that of the narrowed search; if even that is above the target, there is
-     nothing left to narrow: ``no_match`` / ``fpir_above_target``.
+   - a restricted search: the caller passes the size of the *restricted* gallery, so this is
+     the estimate for the narrowed search, and the narrowing itself (a few shoppers chosen by
+     something the face does not give) is the mitigation for that risk; there is nothing
+     left to narrow, so the rule does not apply (the threshold and the margin still do).
 5. Otherwise: ``match`` / ``matched``, with the best shopper's id.
 
 Only ``match`` carries a shopper id. A `Decision` never carries a score: scores do not leave
@@ -73,8 +74,6 @@ def decide(
         if restricted:
             return Decision("no_match", None, "ambiguous")
         return Decision("step_up", None, "thin_margin")
-    if gallery_size * fmr > target_fpir:
-        if restricted:
-            return Decision("no_match", None, "fpir_above_target")
+    if not restricted and gallery_size * fmr > target_fpir:
         return Decision("step_up", None, "fpir_above_target")
     return Decision("match", best.shopper_id, "matched")

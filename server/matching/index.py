@@ -2,8 +2,9 @@
 
 Pure: no Flask, no database. Templates are float32 rows of the pack's dimension, each owned by
 a shopper; a shopper has a few (3-5). `search` returns the best score per *shopper*, the k
-best shoppers, highest first; every score it returns is an exact float32 dot product of the
-probe with a stored template.
+best shoppers, highest first; every score it returns is the exact dot product of the probe
+with a stored float32 template (accumulated in float64, rounded once to float32, so the same
+whichever path found it).
 
 How a search runs
 -----------------
@@ -76,7 +77,7 @@ RowIndex = npt.NDArray[np.int64]
 # Below this many live templates a search is one exhaustive matrix product (about 0.5 ms).
 EXACT_MAX_TEMPLATES: Final = 20_000
 # Templates taken from the quantised scan for exact re-ranking (their shoppers' templates all).
-SHORTLIST: Final = 256
+SHORTLIST: Final = 512
 # Rows added after the quantised index was built, searched exactly until merged into it.
 TAIL_MAX: Final = 8_192
 # Quantiser training: rows sampled, k-means iterations (16 centroids per pair of dimensions).
@@ -88,6 +89,7 @@ MAX_TEMPLATES_PER_SHOPPER: Final = 8
 _ENCODE_CHUNK: Final = 65_536
 _FINITE_CHUNK: Final = 65_536
 _GROWTH_MIN: Final = 1_024
+_FLOOR_SLACK: Final = 1e-4
 
 
 @dataclass(frozen=True)
@@ -518,11 +520,22 @@ class GalleryIndex:
             return self._exhaustive(snap, query, k)
         found = self._shortlisted(snap, snap.quantised, query, k)
         if exhaustive_below is not None and (not found or found[0].score < exhaustive_below):
-            return self._exhaustive(snap, query, k)
+            return self._exhaustive(snap, query, k, found)
         return found
 
-    def _exhaustive(self, snap: _Snapshot, query: Vectors, k: int) -> list[Candidate]:
-        return self._best_shoppers(snap, self._top_rows_slots(snap, 0, query, k), query, k)
+    def _exhaustive(
+        self, snap: _Snapshot, query: Vectors, k: int, known: Sequence[Candidate] = ()
+    ) -> list[Candidate]:
+        """Every row scored. Given `known`, k shoppers with exact scores, the k best shoppers
+        all have a row scoring at least the k-th known score: only those rows are re-ranked
+        (cheaper than selecting the top rows of a million)."""
+        if len(known) < k:
+            return self._best_shoppers(snap, self._top_rows_slots(snap, 0, query, k), query, k)
+        scores = snap.vectors[: snap.count] @ query
+        # The slack covers float32 rounding of this product against the float64 re-rank.
+        rows = np.flatnonzero(scores >= known[-1].score - _FLOOR_SLACK)
+        rows = rows[snap.alive[rows]]
+        return self._best_shoppers(snap, snap.owners[rows].astype(np.int64), query, k)
 
     def _top_rows_slots(self, snap: _Snapshot, first: int, query: Vectors, k: int) -> RowIndex:
         """Slots owning the best rows in [first, count): enough rows for the k best shoppers
@@ -570,7 +583,9 @@ class GalleryIndex:
         ends = np.cumsum(lengths)
         firsts = ends - lengths
         rows = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - firsts, lengths)
-        scores = snap.vectors[rows] @ query
-        best = np.maximum.reduceat(scores, firsts)
+        # Accumulated in float64 and rounded once: the score of a template does not depend on
+        # which other rows were scored with it (a float32 BLAS product's last bit can).
+        scores = snap.vectors[rows].astype(np.float64) @ query.astype(np.float64)
+        best = np.maximum.reduceat(scores, firsts).astype(np.float32)
         order = np.argsort(-best, kind="stable")[:k]
         return [Candidate(snap.ids[int(slots[i])], float(best[i])) for i in order.tolist()]
