@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import dlib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,7 +16,7 @@ from bench.machine import describe
 from models import evaluate, packs
 from models.detect import HogPass
 from models.images import load_image
-from models.weights import dlib_model_file
+from models.reference import dlib_faces, iou
 
 FACES = Path(
     os.environ.get("FACEPAY_FACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "faces")
@@ -40,12 +39,7 @@ def row(name: str, result: evaluate.PairScores, threshold: float) -> str:
 
 
 def dlib_agreement(engine: packs.FaceEngine) -> tuple[int, float]:
-    """Worst cosine between our embeddings and dlib's own pipeline, faces matched by box."""
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
-    model = dlib.face_recognition_model_v1(
-        str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat"))
-    )
+    """Worst cosine between our embeddings and dlib's own pipeline, faces paired by box."""
     compared, worst = 0, 1.0
     for path in sorted((FACES / "images").glob("*.jpg")):
         image = load_image(path)
@@ -56,17 +50,10 @@ def dlib_agreement(engine: packs.FaceEngine) -> tuple[int, float]:
             )
         ours = engine.analyse(image)
         vectors = engine.embed_faces(image, ours)
-        for rect in detector(image, 0) or detector(image, 1):
-            reference = np.array(model.compute_face_descriptor(image, predictor(image, rect)))
-            reference /= np.linalg.norm(reference)
-            centre = ((rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2)
-            near = [
-                k
-                for k, f in enumerate(ours)
-                if f.box[0] <= centre[0] <= f.box[2] and f.box[1] <= centre[1] <= f.box[3]
-            ]
-            if near:
-                worst = min(worst, float(vectors[near[0]].vector @ reference))
+        for box, reference in dlib_faces(image):
+            best = max(range(len(ours)), key=lambda k: iou(ours[k].box, box), default=None)
+            if best is not None and iou(ours[best].box, box) >= 0.5:
+                worst = min(worst, float(vectors[best].vector @ reference))
                 compared += 1
     return compared, worst
 

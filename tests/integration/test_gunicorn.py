@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.processes import base_env, facepay, free_port
+from tests.support.processes import base_env, facepay, free_port, wait_until_serving
 
 
 def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
@@ -33,18 +32,7 @@ def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/readyz", timeout=2
-                ) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        wait_until_serving(f"http://127.0.0.1:{port}/readyz", process, log)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/policy", timeout=5) as response:
             assert response.status == 200
     finally:

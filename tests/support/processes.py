@@ -48,15 +48,7 @@ def server_process(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {log.read_text()}") from None
-                time.sleep(0.1)
+        wait_until_serving(f"{url}/healthz", process, log)
         yield url
     finally:
         process.terminate()
@@ -64,6 +56,21 @@ def server_process(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> None:
+    """Poll `url` until it answers 2xx; fail with the process's log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {log.read_text()}") from None
+            time.sleep(0.1)
 
 
 def base_env(instance: Path, database_url: str) -> dict[str, str]:

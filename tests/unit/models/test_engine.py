@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import cv2
-import dlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -15,7 +14,7 @@ from models import evaluate, packs
 from models.detect import THOROUGH_HOG_PASSES, HogPass
 from models.engine import FaceEngine
 from models.images import load_image
-from models.weights import dlib_model_file
+from models.reference import dlib_faces, iou
 
 
 @pytest.fixture(scope="session")
@@ -102,35 +101,6 @@ def test_quality_on_a_real_face(engine: FaceEngine, faces_dir: Path) -> None:
     assert mirrored[0].quality.yaw == pytest.approx(-face.quality.yaw, abs=3)
 
 
-def _dlib_faces(image: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """dlib's own pipeline: HOG at full size, 5 landmarks, descriptor on its own chip."""
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
-    model = dlib.face_recognition_model_v1(
-        str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat"))
-    )
-    rects = detector(image, 0) or detector(image, 1)
-    found = []
-    for rect in rects:
-        shape = predictor(image, rect)
-        vector = np.array(model.compute_face_descriptor(image, shape), dtype=np.float64)
-        found.append(
-            (
-                (rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1),
-                vector / np.linalg.norm(vector),
-            )
-        )
-    return found
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
 @pytest.fixture(scope="session")
 def full_size_engine() -> FaceEngine:
     """The same pipeline, scanning for faces at full size as dlib's own detector call does."""
@@ -154,9 +124,9 @@ def test_whole_pipeline_agrees_with_dlib(full_size_engine: FaceEngine, faces_dir
             )
         ours = engine.analyse(image)
         embeddings = engine.embed_faces(image, ours)
-        for box, reference in _dlib_faces(image):
-            best = max(range(len(ours)), key=lambda i: _iou(ours[i].box, box), default=None)
-            if best is None or _iou(ours[best].box, box) < 0.5:
+        for box, reference in dlib_faces(image):
+            best = max(range(len(ours)), key=lambda i: iou(ours[i].box, box), default=None)
+            if best is None or iou(ours[best].box, box) < 0.5:
                 continue  # a face only dlib's slower full-size scan finds
             cosine = float(embeddings[best].vector.astype(np.float64) @ reference)
             worst = min(worst, cosine)
