@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -15,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import describe
 from models import evaluate, packs
 from models.detect import HogPass
-from models.images import load_image
-from models.reference import dlib_faces, iou
+from models.reference import agreement
 
 FACES = Path(
     os.environ.get("FACEPAY_FACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "faces")
@@ -39,23 +37,9 @@ def row(name: str, result: evaluate.PairScores, threshold: float) -> str:
 
 
 def dlib_agreement(engine: packs.FaceEngine) -> tuple[int, float]:
-    """Worst cosine between our embeddings and dlib's own pipeline, faces paired by box."""
-    compared, worst = 0, 1.0
-    for path in sorted((FACES / "images").glob("*.jpg")):
-        image = load_image(path)
-        if max(image.shape[:2]) > 1000:
-            scale = 1000 / max(image.shape[:2])
-            image = np.ascontiguousarray(
-                cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            )
-        ours = engine.analyse(image)
-        vectors = engine.embed_faces(image, ours)
-        for box, reference in dlib_faces(image):
-            best = max(range(len(ours)), key=lambda k: iou(ours[k].box, box), default=None)
-            if best is not None and iou(ours[best].box, box) >= 0.5:
-                worst = min(worst, float(vectors[best].vector @ reference))
-                compared += 1
-    return compared, worst
+    """How many faces were paired with dlib's, and the worst cosine between the two."""
+    cosines = [cosine for _, cosine in agreement(engine, sorted((FACES / "images").glob("*.jpg")))]
+    return len(cosines), min(cosines)
 
 
 def main() -> None:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
+from models.images import load_image
 from models.quality import Box
 from models.weights import dlib_model_file
+
+if TYPE_CHECKING:
+    from models.engine import FaceEngine
+
+# dlib's full-size HOG on large photos costs seconds each; both sides get the same smaller
+# copy, so the comparison stays exact.
+REFERENCE_MAX_SIDE = 1000
 
 
 @cache
@@ -45,3 +56,20 @@ def iou(a: Box, b: Box) -> float:
     inter = width * height
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union else 0.0
+
+
+def agreement(engine: FaceEngine, photos: Iterable[Path]) -> Iterator[tuple[str, float]]:
+    """(photo name, cosine between our embedding and dlib's) for every face both find, paired
+    by box overlap; faces only one side finds are skipped."""
+    for path in photos:
+        image = load_image(path)
+        if max(image.shape[:2]) > REFERENCE_MAX_SIDE:
+            scale = REFERENCE_MAX_SIDE / max(image.shape[:2])
+            resized = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            image = np.ascontiguousarray(resized, dtype=np.uint8)
+        ours = engine.analyse(image)
+        embeddings = engine.embed_faces(image, ours)
+        for box, reference in dlib_faces(image):
+            best = max(range(len(ours)), key=lambda k: iou(ours[k].box, box), default=None)
+            if best is not None and iou(ours[best].box, box) >= 0.5:
+                yield path.name, float(embeddings[best].vector.astype(np.float64) @ reference)

@@ -14,7 +14,7 @@ from models import evaluate, packs
 from models.detect import THOROUGH_HOG_PASSES, HogPass
 from models.engine import FaceEngine
 from models.images import load_image
-from models.reference import dlib_faces, iou
+from models.reference import agreement
 
 
 @pytest.fixture(scope="session")
@@ -111,29 +111,10 @@ def full_size_engine() -> FaceEngine:
 
 def test_whole_pipeline_agrees_with_dlib(full_size_engine: FaceEngine, faces_dir: Path) -> None:
     """Every face of every photo: our detect, align and embed against dlib's, cosine >= 0.9999."""
-    engine = full_size_engine
-    compared, worst = 0, 1.0
-    for path in sorted((faces_dir / "images").glob("*.jpg")):
-        image = load_image(path)
-        if max(image.shape[:2]) > 1000:
-            # dlib's full-size HOG on large photos costs seconds each; both sides get the
-            # same smaller copy, so the comparison stays exact.
-            scale = 1000 / max(image.shape[:2])
-            image = np.ascontiguousarray(
-                cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            )
-        ours = engine.analyse(image)
-        embeddings = engine.embed_faces(image, ours)
-        for box, reference in dlib_faces(image):
-            best = max(range(len(ours)), key=lambda i: iou(ours[i].box, box), default=None)
-            if best is None or iou(ours[best].box, box) < 0.5:
-                continue  # a face only dlib's slower full-size scan finds
-            cosine = float(embeddings[best].vector.astype(np.float64) @ reference)
-            worst = min(worst, cosine)
-            compared += 1
-            assert cosine >= 0.9999, f"{path.name}: cosine {cosine:.6f}"
-    assert compared >= 61
-    assert worst >= 0.9999
+    cosines = list(agreement(full_size_engine, sorted((faces_dir / "images").glob("*.jpg"))))
+    for name, cosine in cosines:
+        assert cosine >= 0.9999, f"{name}: cosine {cosine:.6f}"
+    assert len(cosines) >= 61
 
 
 def test_cli_embed_json_lines_in_order(faces_dir: Path, tmp_path: Path) -> None:
