@@ -315,19 +315,15 @@ class Gallery:
 
     # ---------------------------------------------------------------- searching
 
-    def size(self, pack: str) -> int:
-        return len(self._indexes[pack])
-
     def sizes(self) -> dict[str, int]:
         """Shoppers per pack (counts only)."""
         return {ref: len(index) for ref, index in self._indexes.items()}
 
     def is_enrolled(self, pack: str, probes: Iterable[npt.NDArray[np.float32]]) -> bool:
         """Whether any probe matches an enrolled shopper at the pack's no-impostor threshold."""
-        policy = self.packs[pack]
+        threshold = self.packs[pack].calibration.default_threshold
         index = self._indexes[pack]
         for probe in probes:
-            threshold = policy.calibration.default_threshold
             found = index.search(probe, k=1, exhaustive_below=threshold)
             if found and found[0].score >= threshold:
                 return True

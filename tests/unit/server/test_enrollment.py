@@ -75,7 +75,7 @@ def test_enrollment_round_trip(
         for t in templates:
             for vector in sent:
                 assert vector.astype("<f4").tobytes()[:32] not in t.ciphertext
-    assert svc.gallery.size("dlib-resnet-v1@1") == 1
+    assert svc.gallery.sizes()["dlib-resnet-v1@1"] == 1
 
 
 def test_moved_ciphertext_fails_to_open(
