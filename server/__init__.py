@@ -39,6 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     from server.enrollment.routes import bp as enrollment_bp
     from server.health.routes import bp as health_bp
     from server.kiosks.routes import bp as kiosks_bp
+    from server.payments.routes import bp as payments_bp
 
     app.security_schemes = {
         "KioskSignature": {
@@ -51,7 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     }
     errors.register_error_handlers(app)
     extensions.init_app(app, settings)
-    for blueprint in (health_bp, kiosks_bp, consent_bp, enrollment_bp):
+    for blueprint in (health_bp, kiosks_bp, consent_bp, enrollment_bp, payments_bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -1,4 +1,5 @@
-"""`facepay server …`: initialise, run, manage kiosks and keys, verify the audit chain."""
+"""`facepay server …`: initialise, run, manage kiosks and keys, verify the audit chain and the
+ledger, refund payments."""
 
 from __future__ import annotations
 
@@ -285,6 +286,135 @@ def audit_verify(as_json: bool) -> None:
     _emit(as_json, data, text)
     if not result.ok:
         sys.exit(1)
+
+
+@server_group.group("ledger")
+def ledger_group() -> None:
+    """The double-entry ledger."""
+
+
+@ledger_group.command("check")
+@json_option
+def ledger_check(as_json: bool) -> None:
+    """Prove the ledger's invariants from its transfers; exit 1 if any is broken."""
+    from server.ledger import service
+
+    with _app() as svc, svc.sessions() as session:
+        report = service.check(session)
+    data = {
+        "ok": report.ok,
+        "accounts": report.accounts,
+        "transfers": report.transfers,
+        "payments": report.payments,
+        "problems": report.problems,
+    }
+    summary = (
+        f"{report.accounts} accounts, {report.transfers} transfers, {report.payments} payments"
+    )
+    text = (
+        f"ledger verified: {summary}"
+        if report.ok
+        else "\n".join([f"ledger broken ({summary}):", *report.problems])
+    )
+    _emit(as_json, data, text)
+    if not report.ok:
+        sys.exit(1)
+
+
+@server_group.group("payments")
+def payments_group() -> None:
+    """Payments: operator refunds and the expiry sweep."""
+
+
+@payments_group.command("refund")
+@click.argument("payment_id")
+@click.option(
+    "--amount", type=click.IntRange(min=1), help="Minor units (default: all that is left)."
+)
+@click.option("--operator", required=True, help="Who gives the refund (recorded in the audit log).")
+@click.option("--reason", default="", help="Why, in a few words.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Make retrying this command safe: the same key refunds once.",
+)
+@json_option
+def payments_refund(
+    payment_id: str,
+    amount: int | None,
+    operator: str,
+    reason: str,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Refund all or part of a captured payment, as a new ledger transfer."""
+    from server.db import transaction
+    from server.errors import ProblemError, error_document
+    from server.idempotency import service as idempotency
+    from server.payments import service
+
+    with _app() as svc:
+
+        def work(session: Any) -> tuple[int, dict[str, Any]]:
+            return service.refund(
+                session,
+                payment_id=payment_id,
+                amount=amount,
+                operator=operator,
+                reason=reason,
+                keys=svc.keys,
+            )
+
+        if idempotency_key is not None:
+            params = {"payment_id": payment_id, "amount": amount, "reason": reason}
+            outcome = idempotency.run(
+                svc.sessions,
+                scope=f"operator:{operator}",
+                key=idempotency.check_key(idempotency_key),
+                fingerprint=idempotency.fingerprint("CLI", "payments refund", params),
+                lease_s=svc.settings.idempotency_lease_s,
+                work=work,
+            )
+            status, body = outcome.status, outcome.body
+        else:
+            try:
+                with transaction(svc.sessions) as session:
+                    status, body = work(session)
+            except ProblemError as error:
+                status, body = error.status_code, error_document(error)
+    if status >= 400:
+        _emit(
+            as_json, body, f"error [{body.get('code')}]: {body.get('detail') or body.get('title')}"
+        )
+        sys.exit(2)
+    _emit(
+        as_json,
+        body,
+        f"refunded; payment {body['payment_id']} has {body['refunded_amount']} of "
+        f"{body['captured_amount']} {body['currency']} refunded",
+    )
+
+
+@payments_group.command("expire")
+@json_option
+def payments_expire(as_json: bool) -> None:
+    """Expire stale authorizations (holds released) and step-up challenges (probes erased),
+    and forget idempotency keys past their time. Run it from cron or a systemd timer."""
+    from server.db import transaction
+    from server.idempotency import service as idempotency
+    from server.payments import service
+
+    with _app() as svc, transaction(svc.sessions) as session:
+        counts = service.sweep(session, svc.keys)
+        counts["idempotency_keys"] = idempotency.prune(
+            session, keep_hours=svc.settings.idempotency_ttl_h
+        )
+    _emit(
+        as_json,
+        counts,
+        f"expired {counts['authorizations']} authorizations and {counts['challenges']} "
+        f"challenges; forgot {counts['idempotency_keys']} idempotency keys",
+    )
 
 
 @server_group.command("openapi")

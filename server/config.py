@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -34,6 +35,16 @@ class Settings:
     target_fpir: float = 1e-4
     require_liveness: bool | None = None  # default: required in production only
     change_poll_s: float = 0.25
+    # Payments. Amounts in minor units of the payment's currency.
+    currencies: str = "CAD"  # comma-separated ISO 4217 codes this server accepts
+    limit_per_payment: int = 50_000
+    limit_per_day: int = 100_000  # per shopper, over the last 24 hours
+    step_up_above: int = 10_000  # a larger payment always asks for the phone's last digits
+    step_up_ttl_s: int = 120
+    step_up_tries: int = 3
+    authorization_ttl_s: int = 3600  # an uncaptured authorization expires after this
+    idempotency_ttl_h: int = 24  # idempotency keys are kept at least this long
+    idempotency_lease_s: float = 10.0  # a retry may take over a claim its owner left this long
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -43,6 +54,12 @@ class Settings:
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{(self.instance / 'facepay.db').resolve()}"
+
+    @property
+    def accepted_currencies(self) -> frozenset[str]:
+        return frozenset(
+            code.strip().upper() for code in self.currencies.split(",") if code.strip()
+        )
 
     @property
     def keys_dir(self) -> Path:
@@ -69,6 +86,15 @@ _ENV_NAMES = {
     "target_fpir": "FACEPAY_TARGET_FPIR",
     "require_liveness": "FACEPAY_REQUIRE_LIVENESS",
     "change_poll_s": "FACEPAY_CHANGE_POLL_S",
+    "currencies": "FACEPAY_CURRENCIES",
+    "limit_per_payment": "FACEPAY_LIMIT_PER_PAYMENT",
+    "limit_per_day": "FACEPAY_LIMIT_PER_DAY",
+    "step_up_above": "FACEPAY_STEP_UP_ABOVE",
+    "step_up_ttl_s": "FACEPAY_STEP_UP_TTL_S",
+    "step_up_tries": "FACEPAY_STEP_UP_TRIES",
+    "authorization_ttl_s": "FACEPAY_AUTHORIZATION_TTL_S",
+    "idempotency_ttl_h": "FACEPAY_IDEMPOTENCY_TTL_H",
+    "idempotency_lease_s": "FACEPAY_IDEMPOTENCY_LEASE_S",
 }
 
 
@@ -89,9 +115,33 @@ def load_settings(
     settings = replace(Settings(), **values)
     if settings.mode not in ("development", "production"):
         raise ConfigError("FACEPAY_ENV must be development or production")
+    _check_payment_settings(settings)
     if not settings.instance.is_absolute():
         settings = replace(settings, instance=settings.instance.resolve())
     return settings
+
+
+def _check_payment_settings(settings: Settings) -> None:
+    if not settings.accepted_currencies or not all(
+        re.fullmatch(r"[A-Z]{3}", code) for code in settings.accepted_currencies
+    ):
+        raise ConfigError("FACEPAY_CURRENCIES must list ISO 4217 codes, e.g. CAD,USD")
+    positive = (
+        "limit_per_payment",
+        "limit_per_day",
+        "step_up_ttl_s",
+        "step_up_tries",
+        "authorization_ttl_s",
+        "idempotency_ttl_h",
+        "idempotency_lease_s",
+    )
+    for name in positive:
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"setting {name} must be positive")
+    if settings.idempotency_ttl_h < 24:
+        raise ConfigError("idempotency keys are kept at least 24 hours")
+    if settings.step_up_above < 0:
+        raise ConfigError("setting step_up_above must not be negative")
 
 
 def _convert(name: str, kind: str, raw: Any) -> Any:

@@ -59,9 +59,9 @@ class ProblemError(HTTPError):
         )
 
 
-def problem_response(
+def problem_document(
     status: int, code: str, title: str, detail: Any = None, **extra: Any
-) -> Response:
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"https://facepay.dev/problems/{code}",
         "title": title,
@@ -74,16 +74,33 @@ def problem_response(
         if not isinstance(detail, str):
             body["errors"] = detail
     body.update(extra)
-    return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    return body
+
+
+def error_document(error: HTTPError) -> dict[str, Any]:
+    """The problem document of an API error, as the error handler renders it."""
+    extra = dict(error.extra_data or {})
+    code = str(extra.pop("code", _CODES_BY_STATUS.get(error.status_code, "error")))
+    return problem_document(
+        error.status_code, code, error.message or "Error", error.detail or None, **extra
+    )
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: Any = None, **extra: Any
+) -> Response:
+    return json_response(status, problem_document(status, code, title, detail, **extra))
+
+
+def json_response(status: int, body: dict[str, Any]) -> Response:
+    """A JSON response; problem+json when `status` is an error."""
+    mimetype = PROBLEM_JSON if status >= 400 else "application/json"
+    return Response(json.dumps(body), status=status, mimetype=mimetype)
 
 
 def register_error_handlers(app: APIFlask) -> None:
     def _render(error: HTTPError) -> Response:
-        extra = dict(error.extra_data or {})
-        code = str(extra.pop("code", _CODES_BY_STATUS.get(error.status_code, "error")))
-        response = problem_response(
-            error.status_code, code, error.message or "Error", error.detail or None, **extra
-        )
+        response = json_response(error.status_code, error_document(error))
         for name, value in dict(error.headers or {}).items():
             response.headers[name] = value
         return response

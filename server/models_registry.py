@@ -6,9 +6,11 @@ from server.audit import models as audit_models
 from server.consent import models as consent_models
 from server.db import Base
 from server.enrollment import models as enrollment_models
+from server.idempotency import models as idempotency_models
 from server.kiosks import models as kiosk_models
 from server.ledger import models as ledger_models
 from server.matching import models as matching_models
+from server.payments import models as payment_models
 from server.shoppers import models as shopper_models
 
 metadata = Base.metadata
@@ -17,9 +19,11 @@ __all__ = [
     "audit_models",
     "consent_models",
     "enrollment_models",
+    "idempotency_models",
     "kiosk_models",
     "ledger_models",
     "matching_models",
     "metadata",
+    "payment_models",
     "shopper_models",
 ]

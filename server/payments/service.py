@@ -1,0 +1,568 @@
+"""Payments: from a sealed probe to money moved exactly once.
+
+Each function here runs inside the caller's transaction (an idempotent request's work) and
+returns the answer as (HTTP status, body). Locks are taken in one order everywhere: the
+payment, the shopper's wallet, the store's account, then the audit chain (last, because it is
+the one lock every writer shares).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from server.audit.service import record_event
+from server.config import Settings
+from server.consent.models import Consent
+from server.db import utcnow
+from server.enrollment.service import open_templates
+from server.errors import ProblemError
+from server.keys import InstanceKeys
+from server.kiosks.models import Kiosk
+from server.ledger import service as ledger
+from server.matching.decision import Decision
+from server.matching.service import Gallery
+from server.payments.models import (
+    AUTHORIZED,
+    CAPTURED,
+    DECLINED,
+    EXPIRED,
+    STEP_UP_REQUIRED,
+    VOIDED,
+    Payment,
+)
+from server.shoppers import service as shoppers
+from server.shoppers.models import Shopper
+from server.templates import b64decode, b64encode
+
+logger = logging.getLogger(__name__)
+
+Answer = tuple[int, dict[str, Any]]
+
+# Why a payment was declined: stable codes, part of the API.
+DECLINE_CODES = (
+    "no_match",
+    "insufficient_funds",
+    "limit_exceeded",
+    "consent_withdrawn",
+    "account_suspended",
+    "currency_mismatch",
+    "step_up_failed",
+    "step_up_expired",
+)
+
+
+class PaymentNotFound(ProblemError):
+    status_code = 404
+    code = "payment_not_found"
+    title = "No such payment at this kiosk"
+
+
+class PaymentConflict(ProblemError):
+    status_code = 409
+    code = "payment_state_conflict"
+    title = "The payment is not in a state that allows this"
+
+
+class CurrencyNotAccepted(ProblemError):
+    status_code = 422
+    code = "currency_not_accepted"
+    title = "This server does not take payments in this currency"
+
+
+class AmountNotAllowed(ProblemError):
+    status_code = 422
+    code = "amount_not_allowed"
+    title = "The amount is not allowed for this payment"
+
+
+def _outcome(state: str) -> str:
+    if state in (AUTHORIZED, CAPTURED, VOIDED, EXPIRED):
+        return "approved"
+    return state  # declined, step_up_required
+
+
+def view(
+    payment: Payment,
+    *,
+    tries_allowed: int = 0,
+    label: str | None = None,
+    balance: int | None = None,
+) -> dict[str, Any]:
+    """The API's picture of a payment: never a score, never more of the shopper than a label.
+    `tries_allowed` is the step-up tries a challenge has (the `step_up_tries` setting)."""
+    body: dict[str, Any] = {
+        "payment_id": payment.id,
+        "status": _outcome(payment.state),
+        "state": payment.state,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "capture_method": payment.capture_method,
+        "captured_amount": payment.captured_amount,
+        "refunded_amount": payment.refunded_amount,
+        "created_at": payment.created_at.isoformat(),
+    }
+    if payment.state == DECLINED:
+        body["decline_code"] = payment.decline_code
+    if payment.state == STEP_UP_REQUIRED:
+        body["challenge_id"] = payment.challenge_id
+        body["step_up_reason"] = payment.step_up_reason
+        body["tries_left"] = max(0, tries_allowed - payment.step_up_tries)
+    if payment.expires_at is not None:
+        body["expires_at"] = payment.expires_at.isoformat()
+    if label is not None:
+        body["shopper_label"] = label
+    if balance is not None:
+        body["wallet_balance"] = balance
+    return body
+
+
+# ---------------------------------------------------------------- authorization
+
+
+def create(
+    session: Session,
+    *,
+    kiosk: Kiosk,
+    body: Mapping[str, Any],
+    keys: InstanceKeys,
+    gallery: Gallery,
+    settings: Settings,
+) -> Answer:
+    """`POST /v1/payments`: match the probe, then approve, decline or ask for step-up."""
+    now = utcnow()
+    currency = body["currency"]
+    if currency not in settings.accepted_currencies:
+        raise CurrencyNotAccepted(f"accepted: {', '.join(sorted(settings.accepted_currencies))}")
+    probe = body["probe"]
+    pack, liveness, vectors = open_templates(
+        [probe],
+        kiosk_id=kiosk.id,
+        purpose="pay",
+        keys=keys,
+        gallery=gallery,
+        liveness_required=settings.liveness_required,
+    )
+    payment = Payment(
+        id=str(uuid.uuid4()),
+        kiosk_id=kiosk.id,
+        store=kiosk.store,
+        amount=body["amount"],
+        currency=currency,
+        capture_method=body["capture_method"],
+        state=DECLINED,
+        captured_amount=0,
+        refunded_amount=0,
+        stepped_up=False,
+        step_up_tries=0,
+        probe_pack=pack,
+        probe_liveness=liveness,
+        created_at=now,
+    )
+    session.add(payment)
+    decision = gallery.identify(pack, vectors[0])
+    label, balance = None, None
+    if decision.outcome == "match":
+        assert decision.shopper_id is not None
+        label, balance = _settle(session, payment, decision.shopper_id, settings, now)
+    elif decision.outcome == "step_up":
+        _open_challenge(payment, b64decode(probe["sealed"]), "identity", settings, now)
+    else:
+        payment.decline_code = "no_match"
+    if payment.state == STEP_UP_REQUIRED and payment.sealed_probe is None:
+        _open_challenge(payment, b64decode(probe["sealed"]), "amount", settings, now)
+    session.flush()
+    _audit_attempt(session, keys, kiosk, payment, decision, purpose="pay")
+    return 201, view(payment, tries_allowed=settings.step_up_tries, label=label, balance=balance)
+
+
+def step_up(
+    session: Session,
+    *,
+    kiosk: Kiosk,
+    payment_id: str,
+    body: Mapping[str, Any],
+    keys: InstanceKeys,
+    gallery: Gallery,
+    settings: Settings,
+) -> Answer:
+    """`POST /v1/payments/{id}/step-up`: search again among shoppers whose phone ends in the
+    digits the shopper typed; `step_up_tries` wrong answers decline the payment."""
+    now = utcnow()
+    payment = _locked_payment(session, payment_id, kiosk)
+    if payment.state != STEP_UP_REQUIRED:
+        raise PaymentConflict(f"the payment is {payment.state}", code="challenge_closed")
+    if body["challenge_id"] != payment.challenge_id:
+        raise PaymentConflict("this is not the payment's open challenge", code="challenge_mismatch")
+    if payment.expires_at is not None and payment.expires_at <= now:
+        _close_challenge(payment)
+        _decline(payment, "step_up_expired")
+        _audit_payment(session, keys, "payment.declined", payment, actor=kiosk.id)
+        return 200, view(payment)
+    assert payment.sealed_probe is not None and payment.probe_pack is not None
+    _, _, vectors = open_templates(
+        [
+            {
+                "pack": payment.probe_pack,
+                "liveness": payment.probe_liveness or "none",
+                "sealed": b64encode(payment.sealed_probe),
+            }
+        ],
+        kiosk_id=kiosk.id,
+        purpose="pay",
+        keys=keys,
+        gallery=gallery,
+        liveness_required=settings.liveness_required,
+    )
+    candidates = shoppers.with_phone_ending(session, keys, body["phone_last4"])
+    decision = gallery.identify(payment.probe_pack, vectors[0], restrict_to=candidates)
+    payment.step_up_tries += 1
+    label, balance = None, None
+    if decision.outcome == "match":
+        assert decision.shopper_id is not None
+        _close_challenge(payment)
+        payment.stepped_up = True
+        label, balance = _settle(session, payment, decision.shopper_id, settings, now)
+    elif payment.step_up_tries >= settings.step_up_tries:
+        _close_challenge(payment)
+        _decline(payment, "step_up_failed")
+    session.flush()
+    _audit_attempt(session, keys, kiosk, payment, decision, purpose="pay_step_up")
+    return 200, view(payment, tries_allowed=settings.step_up_tries, label=label, balance=balance)
+
+
+def _settle(
+    session: Session, payment: Payment, shopper_id: str, settings: Settings, now: dt.datetime
+) -> tuple[str | None, int | None]:
+    """A face (and, after step-up, a phone ending) named the shopper: check what the rules
+    ask, then capture or hold. Returns the label and balance to show when approved."""
+    payment.shopper_id = shopper_id
+    shopper = session.get(Shopper, shopper_id)
+    if shopper is None or shopper.status == "deleted":
+        return _decline(payment, "no_match")
+    if shopper.status == "suspended":
+        return _decline(payment, "account_suspended")
+    if _consent_withdrawn(session, shopper_id):
+        return _decline(payment, "consent_withdrawn")
+    if payment.amount > settings.limit_per_payment:
+        return _decline(payment, "limit_exceeded")
+    if payment.amount > settings.step_up_above and not payment.stepped_up:
+        payment.state = STEP_UP_REQUIRED
+        payment.shopper_id = None  # not known for sure until step-up
+        return None, None
+    wallet = ledger.wallet_of(session, shopper_id, lock=True)
+    if wallet is None or wallet.currency != payment.currency:
+        return _decline(payment, "currency_mismatch")
+    _expire_holds_of(session, shopper_id, now)
+    if _spent_today(session, shopper_id, now) + payment.amount > settings.limit_per_day:
+        return _decline(payment, "limit_exceeded")
+    if wallet.available < payment.amount:
+        return _decline(payment, "insufficient_funds")
+    if payment.capture_method == "automatic":
+        store = ledger.store_account(session, payment.store, payment.currency)
+        ledger.transfer(
+            session,
+            debit=wallet,
+            credit=store,
+            amount=payment.amount,
+            kind="charge",
+            payment_id=payment.id,
+        )
+        payment.state, payment.captured_amount = CAPTURED, payment.amount
+        payment.expires_at = None
+    else:
+        ledger.hold(wallet, payment.amount)
+        payment.state = AUTHORIZED
+        payment.expires_at = now + dt.timedelta(seconds=settings.authorization_ttl_s)
+    payment.decline_code = None
+    return shopper.masked_label, wallet.available
+
+
+def _decline(payment: Payment, code: str) -> tuple[None, None]:
+    payment.state, payment.decline_code, payment.expires_at = DECLINED, code, None
+    return None, None
+
+
+def _open_challenge(
+    payment: Payment, sealed: bytes, reason: str, settings: Settings, now: dt.datetime
+) -> None:
+    payment.state = STEP_UP_REQUIRED
+    payment.step_up_reason = reason
+    payment.challenge_id = str(uuid.uuid4())
+    payment.sealed_probe = sealed
+    payment.step_up_tries = 0
+    payment.expires_at = now + dt.timedelta(seconds=settings.step_up_ttl_s)
+
+
+def _close_challenge(payment: Payment) -> None:
+    """The probe is erased as soon as the challenge ends, whatever its end."""
+    payment.sealed_probe = None
+    payment.challenge_id = None
+    payment.expires_at = None
+
+
+def _consent_withdrawn(session: Session, shopper_id: str) -> bool:
+    latest = session.execute(
+        select(Consent.withdrawn_at)
+        .where(Consent.shopper_id == shopper_id)
+        .order_by(Consent.recorded_at.desc())
+        .limit(1)
+    ).first()
+    return latest is None or latest[0] is not None
+
+
+def _spent_today(session: Session, shopper_id: str, now: dt.datetime) -> int:
+    """What the shopper's approved payments of the last 24 hours take (holds included)."""
+    taken = case((Payment.state == CAPTURED, Payment.captured_amount), else_=Payment.amount)
+    total = session.scalar(
+        select(func.coalesce(func.sum(taken), 0)).where(
+            Payment.shopper_id == shopper_id,
+            Payment.state.in_((AUTHORIZED, CAPTURED)),
+            Payment.created_at > now - dt.timedelta(hours=24),
+        )
+    )
+    return int(total or 0)
+
+
+# ---------------------------------------------------------------- capture, void, expiry
+
+
+def capture(
+    session: Session,
+    *,
+    kiosk: Kiosk,
+    payment_id: str,
+    amount: int | None,
+    keys: InstanceKeys,
+) -> Answer:
+    """Capture an authorization once, for at most the authorized amount; the rest is released."""
+    payment = _locked_payment(session, payment_id, kiosk)
+    _require_open_authorization(payment, "captured")
+    amount = payment.amount if amount is None else amount
+    if not 0 < amount <= payment.amount:
+        raise AmountNotAllowed(
+            "capture at most the authorized amount", code="capture_exceeds_authorization"
+        )
+    assert payment.shopper_id is not None
+    wallet = ledger.wallet_of(session, payment.shopper_id, lock=True)
+    assert wallet is not None
+    ledger.release(wallet, payment.amount)
+    store = ledger.store_account(session, payment.store, payment.currency)
+    ledger.transfer(
+        session, debit=wallet, credit=store, amount=amount, kind="charge", payment_id=payment.id
+    )
+    payment.state, payment.captured_amount, payment.expires_at = CAPTURED, amount, None
+    session.flush()
+    _audit_payment(session, keys, "payment.captured", payment, actor=kiosk.id)
+    return 200, view(payment, balance=wallet.available)
+
+
+def void(session: Session, *, kiosk: Kiosk, payment_id: str, keys: InstanceKeys) -> Answer:
+    """Cancel an authorization: its hold goes back to the wallet, nothing is charged."""
+    payment = _locked_payment(session, payment_id, kiosk)
+    _require_open_authorization(payment, "voided")
+    _release_hold(session, payment, VOIDED)
+    _audit_payment(session, keys, "payment.voided", payment, actor=kiosk.id)
+    return 200, view(payment)
+
+
+def _require_open_authorization(payment: Payment, verb: str) -> None:
+    if payment.state != AUTHORIZED:
+        raise PaymentConflict(
+            f"only an open authorization can be {verb}; this payment is {payment.state}",
+            code="payment_not_authorized",
+        )
+    if payment.expires_at is not None and payment.expires_at <= utcnow():
+        raise PaymentConflict(
+            "the authorization has expired and its hold is released",
+            code="authorization_expired",
+        )
+
+
+def _release_hold(session: Session, payment: Payment, state: str) -> None:
+    assert payment.shopper_id is not None
+    wallet = ledger.wallet_of(session, payment.shopper_id, lock=True)
+    assert wallet is not None
+    ledger.release(wallet, payment.amount)
+    payment.state, payment.expires_at = state, None
+    session.flush()
+
+
+def _expire_holds_of(session: Session, shopper_id: str, now: dt.datetime) -> None:
+    stale = session.scalars(
+        select(Payment).where(
+            Payment.shopper_id == shopper_id,
+            Payment.state == AUTHORIZED,
+            Payment.expires_at <= now,
+        )
+    ).all()
+    for payment in stale:
+        _release_hold(session, payment, EXPIRED)
+
+
+def sweep(session: Session, keys: InstanceKeys, now: dt.datetime | None = None) -> dict[str, int]:
+    """Expire authorizations and step-up challenges past their time (a challenge's held probe
+    is erased). Run by `facepay server payments expire` and now and then by the server."""
+    now = now or utcnow()
+    expired = session.scalars(
+        select(Payment)
+        .where(Payment.state.in_((AUTHORIZED, STEP_UP_REQUIRED)), Payment.expires_at <= now)
+        .order_by(Payment.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    counts = {"authorizations": 0, "challenges": 0}
+    for payment in expired:
+        if payment.state == AUTHORIZED:
+            _release_hold(session, payment, EXPIRED)
+            _audit_payment(session, keys, "payment.expired", payment, actor="server")
+            counts["authorizations"] += 1
+        else:
+            _close_challenge(payment)
+            _decline(payment, "step_up_expired")
+            _audit_payment(session, keys, "payment.declined", payment, actor="server")
+            counts["challenges"] += 1
+    return counts
+
+
+# ---------------------------------------------------------------- refunds
+
+
+def refund(
+    session: Session,
+    *,
+    payment_id: str,
+    amount: int | None,
+    operator: str,
+    reason: str,
+    keys: InstanceKeys,
+) -> Answer:
+    """An operator gives back all or part of a captured payment: a new transfer from the
+    store to the wallet; the charge itself is never edited."""
+    payment = session.scalars(
+        select(Payment).where(Payment.id == payment_id).with_for_update()
+    ).first()
+    if payment is None:
+        raise PaymentNotFound("no payment with this id")
+    if payment.state != CAPTURED:
+        raise PaymentConflict(
+            f"only a captured payment can be refunded; this one is {payment.state}",
+            code="payment_not_captured",
+        )
+    remaining = payment.captured_amount - payment.refunded_amount
+    amount = remaining if amount is None else amount
+    if not 0 < amount <= remaining:
+        raise AmountNotAllowed(
+            f"at most {remaining} is left to refund", code="refund_exceeds_captured"
+        )
+    assert payment.shopper_id is not None
+    wallet = ledger.wallet_of(session, payment.shopper_id, lock=True)
+    assert wallet is not None
+    store = ledger.store_account(session, payment.store, payment.currency)
+    ledger.transfer(
+        session,
+        debit=store,
+        credit=wallet,
+        amount=amount,
+        kind="refund",
+        payment_id=payment.id,
+        reference=reason[:64] or None,
+    )
+    payment.refunded_amount += amount
+    session.flush()
+    _audit_payment(
+        session, keys, "payment.refunded", payment, actor=f"operator:{operator}", amount=amount
+    )
+    return 200, view(payment)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def get(session: Session, *, kiosk: Kiosk, payment_id: str, tries_allowed: int) -> dict[str, Any]:
+    payment = session.get(Payment, payment_id) if _plausible_id(payment_id) else None
+    if payment is None or payment.kiosk_id != kiosk.id:
+        raise PaymentNotFound("no payment with this id at this kiosk")
+    return view(payment, tries_allowed=tries_allowed)
+
+
+def _locked_payment(session: Session, payment_id: str, kiosk: Kiosk) -> Payment:
+    payment = None
+    if _plausible_id(payment_id):
+        payment = session.scalars(
+            select(Payment).where(Payment.id == payment_id).with_for_update()
+        ).first()
+    if payment is None or payment.kiosk_id != kiosk.id:
+        raise PaymentNotFound("no payment with this id at this kiosk")
+    return payment
+
+
+def _plausible_id(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- audit
+
+
+def _audit_attempt(
+    session: Session,
+    keys: InstanceKeys,
+    kiosk: Kiosk,
+    payment: Payment,
+    decision: Decision,
+    *,
+    purpose: str,
+) -> None:
+    """One record per match attempt: its outcome and what became of the payment, no score."""
+    record_event(
+        session,
+        keys.audit_key,
+        "match.attempt",
+        subject=payment.shopper_id,
+        actor=kiosk.id,
+        data={
+            "purpose": purpose,
+            "pack": payment.probe_pack,
+            "liveness": payment.probe_liveness,
+            "outcome": decision.outcome,
+            "reason": decision.reason,
+            "payment_id": payment.id,
+            "payment_state": payment.state,
+            "decline_code": payment.decline_code if payment.state == DECLINED else None,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "store": payment.store,
+        },
+    )
+
+
+def _audit_payment(
+    session: Session, keys: InstanceKeys, kind: str, payment: Payment, *, actor: str, **extra: Any
+) -> None:
+    record_event(
+        session,
+        keys.audit_key,
+        kind,
+        subject=payment.shopper_id,
+        actor=actor,
+        data={
+            "payment_id": payment.id,
+            "payment_state": payment.state,
+            "decline_code": payment.decline_code if payment.state == DECLINED else None,
+            "amount": payment.amount,
+            "captured_amount": payment.captured_amount,
+            "refunded_amount": payment.refunded_amount,
+            "currency": payment.currency,
+            "store": payment.store,
+            **extra,
+        },
+    )
