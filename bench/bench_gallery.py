@@ -18,9 +18,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sqlalchemy import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -31,6 +35,7 @@ from server.crypto import (
     DataKey,
     MasterKey,
     SqliteKeyStore,
+    WrappedKey,
     seal,
     template_associated_data,
     wrap_data_key,
@@ -65,6 +70,69 @@ def genuine_probes(
     return unit
 
 
+@dataclass
+class ShopperBatch:
+    """Rows for one batch of synthetic enrolled shoppers, ready for Core bulk inserts."""
+
+    shoppers: list[dict[str, Any]] = field(default_factory=list)
+    templates: list[dict[str, Any]] = field(default_factory=list)
+    wrapped_keys: list[tuple[str, WrappedKey]] = field(default_factory=list)
+
+
+def shopper_batches(
+    ids: list[str],
+    vectors: np.ndarray,
+    master: MasterKey,
+    *,
+    phone_last4_hash: Callable[[str], str] | None = None,
+    batch_templates: int = 30_000,
+) -> Iterator[ShopperBatch]:
+    """Shoppers `ids`, `PER_SHOPPER` rows of `vectors` each (in order), as the server stores
+    them: a data key per shopper wrapped under `master`, templates sealed under it. Without
+    `phone_last4_hash` (the instance's phone key) the phone hash is a placeholder."""
+    batch = ShopperBatch()
+    for index, shopper_id in enumerate(ids):
+        key = DataKey.generate()
+        batch.wrapped_keys.append((shopper_id, wrap_data_key(master, key, shopper_id)))
+        phone = f"555{index:07d}"
+        batch.shoppers.append(
+            {
+                "id": shopper_id,
+                "full_name": "Bench Shopper",
+                "masked_label": "Bench S.",
+                "email": "b@example.com",
+                "phone": phone,
+                "phone_last4_hash": phone_last4_hash(phone[-4:]) if phone_last4_hash else "0" * 64,
+                "status": "active",
+            }
+        )
+        for slot in range(PER_SHOPPER):
+            template_id = str(uuid.uuid4())
+            row = vectors[index * PER_SHOPPER + slot]
+            batch.templates.append(
+                {
+                    "id": template_id,
+                    "shopper_id": shopper_id,
+                    "pack": PACK,
+                    "liveness": "none",
+                    "ciphertext": seal(
+                        key,
+                        row.astype("<f4").tobytes(),
+                        template_associated_data(shopper_id, template_id, PACK),
+                    ),
+                }
+            )
+        if len(batch.templates) >= batch_templates or index == len(ids) - 1:
+            yield batch
+            batch = ShopperBatch()
+
+
+def insert_batch(connection: Connection, store: SqliteKeyStore, batch: ShopperBatch) -> None:
+    connection.execute(Shopper.__table__.insert(), batch.shoppers)  # type: ignore[attr-defined]
+    connection.execute(Template.__table__.insert(), batch.templates)  # type: ignore[attr-defined]
+    store.put_many(batch.wrapped_keys)
+
+
 def build_instance(
     folder: Path, shoppers: int, rng: np.random.Generator
 ) -> tuple[tuple[Settings, MasterKey, SqliteKeyStore], np.ndarray, list[str]]:
@@ -79,42 +147,8 @@ def build_instance(
     ids = [str(uuid.uuid4()) for _ in range(shoppers)]
     started = time.perf_counter()
     with engine.begin() as connection:
-        shopper_rows, template_rows, wrapped_keys = [], [], []
-        for index, shopper_id in enumerate(ids):
-            key = DataKey.generate()
-            wrapped_keys.append((shopper_id, wrap_data_key(master, key, shopper_id)))
-            shopper_rows.append(
-                {
-                    "id": shopper_id,
-                    "full_name": "Bench Shopper",
-                    "masked_label": "Bench S.",
-                    "email": "b@example.com",
-                    "phone": "5550000000",
-                    "phone_last4_hash": "0" * 64,
-                    "status": "active",
-                }
-            )
-            for slot in range(PER_SHOPPER):
-                template_id = str(uuid.uuid4())
-                row = vectors[index * PER_SHOPPER + slot]
-                template_rows.append(
-                    {
-                        "id": template_id,
-                        "shopper_id": shopper_id,
-                        "pack": PACK,
-                        "liveness": "none",
-                        "ciphertext": seal(
-                            key,
-                            row.astype("<f4").tobytes(),
-                            template_associated_data(shopper_id, template_id, PACK),
-                        ),
-                    }
-                )
-            if len(template_rows) >= 30_000 or index == shoppers - 1:
-                connection.execute(Shopper.__table__.insert(), shopper_rows)  # type: ignore[attr-defined]
-                connection.execute(Template.__table__.insert(), template_rows)  # type: ignore[attr-defined]
-                store.put_many(wrapped_keys)
-                shopper_rows, template_rows, wrapped_keys = [], [], []
+        for batch in shopper_batches(ids, vectors, master):
+            insert_batch(connection, store, batch)
     print(
         f"<!-- setup: {shoppers} shoppers in {time.perf_counter() - started:.0f} s -->",
         file=sys.stderr,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -113,3 +115,90 @@ def http(
 def signed_post(kiosk: SigningKiosk, base: str, path: str, payload: Any) -> tuple[int, Any]:
     body, headers = kiosk.signed("POST", path, payload)
     return http("POST", base + path, headers=headers, body=body)
+
+
+class Gunicorn:
+    """The production server (gunicorn, several workers) in its own process group, so that a
+    test can kill every process of it at once, as a power cut or an OOM kill would."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path, workers: int = 3) -> None:
+        self.env, self.port, self.log, self.workers = env, port, log, workers
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        with self.log.open("a") as handle:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--workers",
+                    str(self.workers),
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "server.wsgi:app",
+                ],
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until_serving(f"{self.url}/readyz", self.process, self.log)
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker: nothing gets to clean up."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process = None
+
+
+def register_kiosk_http(env: dict[str, str], base: str, name: str = "till-1") -> SigningKiosk:
+    """Add a kiosk with the CLI and register a fresh key pair with its pairing code."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from server.crypto import kiosk_public_key_bytes
+    from server.templates import b64decode, b64encode
+
+    code = facepay(env, "server", "kiosk", "add", name, "--store", "Montreal 01")
+    key = Ed25519PrivateKey.generate()
+    status, registered = http(
+        "POST",
+        f"{base}/v1/kiosks/register",
+        {
+            "pairing_code": code.strip().splitlines()[-1],
+            "public_key": b64encode(kiosk_public_key_bytes(key)),
+        },
+    )
+    assert status == 201, registered
+    return SigningKiosk(registered["kiosk_id"], key, b64decode(registered["server_public_key"]))
+
+
+def signed_call(
+    kiosk: SigningKiosk,
+    base: str,
+    method: str,
+    path: str,
+    payload: Any = None,
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[int, Any]:
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers = kiosk.headers(method, path, body)
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return http(method, base + path, headers=headers, body=body if payload is not None else None)

@@ -1,0 +1,101 @@
+"""`facepay server ledger check`, `payments refund` and `payments expire`, on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from server.ledger.models import Account
+from server.payments.models import Payment
+from tests.support.kiosk import SigningKiosk
+from tests.support.payments import SyntheticFace
+from tests.unit.server.test_payments import enroll, pay, wallet_balance
+
+
+@pytest.fixture
+def cli(app_config: dict[str, Any], app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from server.cli import server_group
+
+    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
+    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(server_group, list(args))
+
+    return invoke
+
+
+def test_ledger_check_passes_then_fails_when_totals_are_edited(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk, cli: Any
+) -> None:
+    face = SyntheticFace(np.random.default_rng(5))
+    enroll(client, kiosk, face, wallet=10_000)
+    assert pay(client, kiosk, face, 2_500).get_json()["status"] == "approved"
+    passed = cli("ledger", "check", "--json")
+    assert passed.exit_code == 0, passed.output
+    report = json.loads(passed.output)
+    assert report["ok"] and (report["transfers"], report["payments"]) == (2, 1)
+
+    with app.extensions["facepay"].sessions() as session:
+        session.execute(
+            update(Account)
+            .where(Account.kind == "store")
+            .values(credits_posted=Account.credits_posted + 1)
+        )
+        session.commit()
+    failed = cli("ledger", "check")
+    assert failed.exit_code == 1
+    assert "totals differ from its transfers" in failed.output
+
+
+def test_refund_from_the_command_line_once_per_key(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk, cli: Any
+) -> None:
+    face = SyntheticFace(np.random.default_rng(6))
+    shopper = enroll(client, kiosk, face, wallet=10_000)
+    payment_id = pay(client, kiosk, face, 4_000).get_json()["payment_id"]
+    args = ["payments", "refund", payment_id, "--amount", "1000", "--operator", "dana"]
+    first = cli(*args, "--idempotency-key", "refund-1", "--json")
+    again = cli(*args, "--idempotency-key", "refund-1", "--json")
+    assert first.exit_code == again.exit_code == 0, first.output
+    assert json.loads(first.output) == json.loads(again.output)
+    assert json.loads(first.output)["refunded_amount"] == 1_000
+    assert wallet_balance(app, shopper) == 7_000
+    too_much = cli("payments", "refund", payment_id, "--amount", "3001", "--operator", "dana")
+    assert too_much.exit_code == 2 and "refund_exceeds_captured" in too_much.output
+    rest = cli("payments", "refund", payment_id, "--operator", "dana")
+    assert rest.exit_code == 0 and "4000 of 4000" in rest.output
+    assert wallet_balance(app, shopper) == 10_000
+    assert cli("ledger", "check").exit_code == 0
+
+
+def test_expire_sweeps_stale_authorizations(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk, cli: Any
+) -> None:
+    face = SyntheticFace(np.random.default_rng(8))
+    shopper = enroll(client, kiosk, face, wallet=10_000)
+    held = pay(client, kiosk, face, 3_000, capture_method="manual").get_json()
+    with app.extensions["facepay"].sessions() as session:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == held["payment_id"])
+            .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+        )
+        session.commit()
+    assert wallet_balance(app, shopper) == 7_000
+    result = cli("payments", "expire", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "authorizations": 1,
+        "challenges": 0,
+        "idempotency_keys": 0,
+    }
+    assert wallet_balance(app, shopper) == 10_000
+    assert cli("ledger", "check").exit_code == 0
