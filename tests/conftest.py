@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,12 +44,19 @@ def isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 
 @pytest.fixture(scope="session")
-def face_vectors(faces_dir: Path) -> dict[str, list[np.ndarray]]:
+def engine() -> Any:
+    """The default pack's face engine, built once per test run (offline, from installed files)."""
+    from models import packs
+
+    return packs.open_engine()
+
+
+@pytest.fixture(scope="session")
+def face_vectors(faces_dir: Path, engine: Any) -> dict[str, list[np.ndarray]]:
     """Real embeddings of the default pack, by identity (largest face of each labelled photo)."""
-    from models import evaluate, packs
+    from models import evaluate
 
     identities = evaluate.read_identities(faces_dir / "identities.csv")
-    engine = packs.open_engine()
     wanted = {"p01", "p02", "p03", "p04"}
     files = [f for f, who in sorted(identities.items()) if who in wanted]
     embedded = evaluate.embed_files(engine, faces_dir / "images", files)

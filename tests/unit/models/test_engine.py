@@ -18,11 +18,6 @@ from models.reference import agreement
 
 
 @pytest.fixture(scope="session")
-def engine() -> FaceEngine:
-    return packs.open_engine(packs.DEFAULT_PACK)
-
-
-@pytest.fixture(scope="session")
 def report(engine: FaceEngine, faces_dir: Path) -> evaluate.Report:
     pairs = evaluate.pairs_from_identities(evaluate.read_identities(faces_dir / "identities.csv"))
     return evaluate.evaluate(engine, faces_dir / "images", pairs)

@@ -1,0 +1,595 @@
+"""The kiosk flow: a pure state machine driven frame by frame.
+
+States and the moves between them are declared with python-statemachine (`Steps`); what
+happens in each state lives in `Flow`, which gets its camera frames, face engine, server
+client, liveness check and clock from outside, so tests drive it one frame at a time.
+
+    idle ─► consent (enrollment: the notice in full, "I agree" and the typed name)
+         ─► looking (exactly one face that passes the quality gate)
+         ─► liveness (a challenge, unless turned off) ─► sending (the server call)
+         ─► step_up (the phone's last four digits, when the server asks) ─► sending
+         ─► done (approved / declined / enrolled / …, shown for a while) ─► idle
+
+Every state has a time limit, `cancel()` and `pay_another_way()` work in every state, and
+no frame, template or score ever leaves this module except the sealed template the client
+sends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from statemachine import State, StateMachine
+
+from kiosk.errors import KioskError, ServerError, ServerUnavailable
+from models.engine import Embedding, Face
+from models.manifest import PackManifest
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- what the flow is given
+
+
+class FrameLike(Protocol):
+    @property
+    def image(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def timestamp(self) -> float: ...
+
+
+class Engine(Protocol):
+    """The face engine (models.engine.FaceEngine), as the flow uses it."""
+
+    manifest: PackManifest
+
+    def analyse(self, frame: npt.NDArray[Any]) -> list[Face]: ...
+    def embed(self, frame: npt.NDArray[Any], face: Face) -> Embedding: ...
+
+
+class LivenessOutcome(Protocol):
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def check(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def explanation(self) -> str: ...
+
+
+class Liveness(Protocol):
+    """A presentation-attack check (kiosk.liveness): a prompt, then frame by frame."""
+
+    name: str
+
+    def start(self, now: float) -> str: ...
+    def observe(
+        self,
+        *,
+        timestamp: float,
+        landmarks: npt.NDArray[np.float64],
+        box: tuple[int, int, int, int],
+        same_person: bool,
+    ) -> LivenessOutcome | None: ...
+    def finish(self, now: float) -> LivenessOutcome: ...
+
+
+class Server(Protocol):
+    """The signed server client (kiosk.client.ServerClient), as the flow uses it."""
+
+    def policy(self) -> dict[str, Any]: ...
+    def enroll(
+        self,
+        *,
+        policy_version: int,
+        text_sha256: str,
+        locale: str,
+        signature_name: str,
+        signed_at: dt.datetime,
+        embeddings: Sequence[Embedding],
+        liveness: str,
+        email: str,
+        phone: str,
+        wallet_amount: int,
+        currency: str,
+    ) -> Any: ...
+    def pay(self, amount_minor: int, currency: str, embedding: Embedding, liveness: str) -> Any: ...
+    def step_up(self, answer: Any, phone_last4: str) -> Any: ...
+
+
+# ---------------------------------------------------------------- settings and results
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """What a frame's face must meet to be used. Defaults fit a till camera at arm's length;
+    the pose limits are loose because the 5-point pitch estimate is rough (see README)."""
+
+    min_face_px: int = 80
+    min_sharpness: float = 60.0
+    min_brightness: float = 50.0
+    max_brightness: float = 220.0
+    max_yaw: float = 25.0
+    max_pitch: float = 45.0
+
+    def problem(self, faces: Sequence[Face]) -> str | None:
+        """None when the frame is good, else the prompt that tells the shopper what to fix."""
+        if not faces:
+            return "look_at_camera"
+        if len(faces) > 1:
+            return "one_person"
+        quality = faces[0].quality
+        if quality.face_px < self.min_face_px:
+            return "move_closer"
+        if not self.min_brightness <= quality.brightness <= self.max_brightness:
+            return "more_light" if quality.brightness < self.min_brightness else "less_light"
+        if quality.sharpness < self.min_sharpness:
+            return "hold_still"
+        if abs(quality.yaw) > self.max_yaw or abs(quality.pitch) > self.max_pitch:
+            return "face_camera"
+        return None
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    gate: QualityGate = field(default_factory=QualityGate)
+    payment_frames: int = 3  # good frames looked at before picking the best for a payment
+    payment_window_s: float = 0.5  # …or fewer, once this long has passed since the first
+    enroll_min_frames: int = 3
+    enroll_max_frames: int = 5
+    enroll_spacing_s: float = 0.3  # good frames spread in time (0 for a folder of photos)
+    # Cosine between frames of one session; default: the pack's loosest calibrated point.
+    same_person_threshold: float | None = None
+    consent_timeout_s: float = 180.0
+    looking_timeout_s: float = 20.0
+    liveness_timeout_s: float = 10.0
+    step_up_timeout_s: float = 60.0
+    result_shown_s: float = 6.0
+    locale: str = "en"
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a session ended: what the screen shows and the CLI prints. No score, no template."""
+
+    outcome: str  # approved, declined, step_up_failed, enrolled, cancelled, other_way,
+    # timed_out, liveness_failed, no_face, server_unavailable, error
+    code: str
+    payment_id: str | None = None
+    shopper_label: str | None = None
+    wallet_balance: int | None = None
+    explanation: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("approved", "enrolled")
+
+
+@dataclass(frozen=True)
+class Screen:
+    """The customer screen's view of the flow (served as JSON to the browser page)."""
+
+    state: str
+    prompt: str
+    mode: str | None = None  # pay, enroll
+    amount: int | None = None
+    currency: str | None = None
+    face_box: tuple[int, int, int, int] | None = None
+    notice: dict[str, Any] | None = None
+    tries_left: int | None = None
+    result: Result | None = None
+    other_ways: tuple[str, ...] = ("card", "cash")
+
+
+# ---------------------------------------------------------------- states
+
+
+class Steps(StateMachine):
+    idle = State(initial=True)
+    consent = State()
+    looking = State()
+    liveness = State()
+    sending = State()
+    step_up = State()
+    done = State()
+
+    begin_payment = idle.to(looking) | done.to(looking)
+    begin_enrollment = idle.to(consent) | done.to(consent)
+    agree = consent.to(looking)
+    face_ready = looking.to(liveness)
+    submit = looking.to(sending) | liveness.to(sending) | step_up.to(sending)
+    ask_digits = sending.to(step_up)
+    finish = (
+        consent.to(done)
+        | looking.to(done)
+        | liveness.to(done)
+        | sending.to(done)
+        | step_up.to(done)
+    )
+    reset = done.to(idle)
+
+
+@dataclass
+class _Enrollment:
+    email: str
+    phone: str
+    wallet_amount: int
+    currency: str
+    policy: dict[str, Any] | None = None
+    name: str = ""
+    signed_at: dt.datetime | None = None
+
+
+@dataclass
+class _Good:
+    """A frame whose face passed the gate, with its embedding (kept only in memory)."""
+
+    timestamp: float
+    face: Face
+    embedding: Embedding
+
+    @property
+    def score(self) -> float:
+        q = self.face.quality
+        # Sharp, large and frontal wins; the scale of each term is rough on purpose.
+        return q.sharpness / 100 + q.face_px / 100 - (abs(q.yaw) + abs(q.pitch)) / 10
+
+
+class Flow:
+    # One session's state; `_clear` resets it when a session starts.
+    _mode: str | None
+    _amount: int | None
+    _currency: str | None
+    _enrollment: _Enrollment | None
+    _good: list[_Good]
+    _check: Liveness | None
+    _liveness_name: str
+    _answer: Any
+    _tries_left: int | None
+    _result: Result | None
+    _face_box: tuple[int, int, int, int] | None
+    _prompt: str
+    _entered: float
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        server: Server,
+        liveness: Callable[[], Liveness] | None,
+        clock: Callable[[], float],
+        settings: FlowSettings | None = None,
+    ) -> None:
+        self._engine = engine
+        self._server = server
+        self._make_liveness = liveness
+        self._clock = clock
+        self.settings = settings or FlowSettings()
+        self._same_person_threshold = self._session_threshold(engine, self.settings)
+        self._steps = Steps()
+        self._clear()
+
+    # ------------------------------------------------------------ what the screen reads
+
+    @property
+    def state(self) -> str:
+        return str(self._steps.current_state_value)
+
+    @property
+    def result(self) -> Result | None:
+        return self._result
+
+    @property
+    def screen(self) -> Screen:
+        return Screen(
+            state=self.state,
+            prompt=self._prompt,
+            mode=self._mode,
+            amount=self._amount,
+            currency=self._currency,
+            face_box=self._face_box,
+            notice=self._enrollment.policy
+            if self._enrollment and self.state == "consent"
+            else None,
+            tries_left=self._tries_left,
+            result=self._result,
+        )
+
+    # ------------------------------------------------------------ what the shopper does
+
+    def start_payment(self, amount_minor: int, currency: str) -> None:
+        if amount_minor <= 0:
+            raise ValueError("a payment is a positive amount in minor units")
+        self._require_free()
+        self._clear()
+        self._mode, self._amount, self._currency = "pay", amount_minor, currency
+        self._move("begin_payment", "look_at_camera")
+
+    def start_enrollment(
+        self, *, email: str, phone: str, wallet_amount: int = 0, currency: str = "CAD"
+    ) -> None:
+        """Enrollment starts with the server's current notice, shown in full."""
+        self._require_free()
+        self._clear()
+        self._mode, self._currency = "enroll", currency
+        self._enrollment = _Enrollment(email, phone, wallet_amount, currency)
+        self._move("begin_enrollment", "read_notice")
+        try:
+            self._enrollment.policy = self._server.policy()
+        except KioskError as error:
+            self._end_on_error(error)
+
+    def agree(self, name: str) -> None:
+        """The explicit "I agree", with the name the shopper typed as signature."""
+        if self.state != "consent" or self._enrollment is None:
+            raise KioskError("there is no notice to agree to", code="no_consent_pending")
+        if len(name.strip()) < 2:
+            raise KioskError("type your full name to sign", code="name_required")
+        self._enrollment.name = name.strip()
+        self._enrollment.signed_at = dt.datetime.now(dt.UTC)
+        self._move("agree", "look_at_camera")
+
+    def enter_digits(self, phone_last4: str) -> None:
+        if self.state != "step_up":
+            raise KioskError("no step-up is asked now", code="no_step_up_pending")
+        if len(phone_last4) != 4 or not phone_last4.isdigit():
+            raise KioskError("type the last four digits of your phone", code="bad_digits")
+        self._move("submit", "please_wait")
+        self._call(lambda: self._server.step_up(self._answer, phone_last4))
+
+    def cancel(self) -> None:
+        self._end(Result("cancelled", "cancelled"))
+
+    def pay_another_way(self) -> None:
+        self._end(Result("other_way", "other_way"))
+
+    # ------------------------------------------------------------ what the camera gives
+
+    def on_frame(self, frame: FrameLike) -> None:
+        self.tick()
+        if self.state == "looking":
+            self._look(frame)
+        elif self.state == "liveness":
+            self._check_liveness(frame)
+
+    def end_of_source(self) -> None:
+        """A recorded source has no more frames: go on with what was found, or give up."""
+        if self.state == "looking":
+            needed = 1 if self._mode == "pay" else self.settings.enroll_min_frames
+            if len(self._good) >= needed:
+                self._proceed()
+            else:
+                found = len(self._good)
+                self._end(
+                    Result("no_face", "no_good_frames", explanation=f"{found} good frames found")
+                )
+        elif self.state == "liveness" and self._check is not None:
+            self._liveness_done(self._check.finish(self._clock()))
+
+    def tick(self) -> None:
+        """Time limits; the screen's loop calls this even when no frame comes."""
+        now = self._clock()
+        limit = {
+            "consent": self.settings.consent_timeout_s,
+            "looking": self.settings.looking_timeout_s,
+            "liveness": self.settings.liveness_timeout_s,
+            "step_up": self.settings.step_up_timeout_s,
+            "done": self.settings.result_shown_s,
+        }.get(self.state)
+        if limit is None or now - self._entered < limit:
+            return
+        if self.state == "done":
+            self._move("reset", "welcome")
+        elif self.state == "liveness" and self._check is not None:
+            self._liveness_done(self._check.finish(now))
+        elif self.state == "step_up":
+            self._end(Result("declined", "step_up_timed_out"))
+        else:
+            self._end(Result("timed_out", f"{self.state}_timed_out"))
+
+    # ------------------------------------------------------------ inside
+
+    def _require_free(self) -> None:
+        if self.state not in ("idle", "done"):
+            raise KioskError("a session is in progress; cancel it first", code="kiosk_busy")
+
+    def _clear(self) -> None:
+        self._mode = None
+        self._amount = None
+        self._currency = None
+        self._enrollment = None
+        self._good = []
+        self._check = None
+        self._liveness_name = "none"
+        self._answer = None
+        self._tries_left = None
+        self._result = None
+        self._face_box = None
+        self._prompt = "welcome"
+        self._entered = self._clock()
+
+    def _move(self, event: str, prompt: str) -> None:
+        self._steps.send(event)
+        self._prompt = prompt
+        self._entered = self._clock()
+
+    def _end(self, result: Result) -> None:
+        if self.state in ("idle", "done"):
+            return
+        self._result = result
+        self._good = []  # frames' embeddings go as soon as the session ends
+        self._move("finish", result.outcome)
+
+    def _end_on_error(self, error: KioskError) -> None:
+        if isinstance(error, ServerUnavailable):
+            self._end(Result("server_unavailable", error.code, explanation=str(error)))
+        else:
+            self._end(Result("error", error.code, explanation=str(error)))
+
+    def _look(self, frame: FrameLike) -> None:
+        faces = self._engine.analyse(frame.image)
+        self._face_box = faces[0].box if len(faces) == 1 else None
+        problem = self.settings.gate.problem(faces)
+        if problem is not None:
+            self._prompt = problem
+            return
+        face = faces[0]
+        embedding = self._engine.embed(frame.image, face)
+        if self._good and not self._same_person(self._good[0].embedding, embedding):
+            self._prompt = "one_person"  # someone else stepped in: keep the first shopper
+            return
+        if self._mode == "enroll":
+            if self._good and frame.timestamp - self._good[-1].timestamp < (
+                self.settings.enroll_spacing_s
+            ):
+                return
+            self._good.append(_Good(frame.timestamp, face, embedding))
+            self._prompt = "hold_still"
+            if len(self._good) >= self.settings.enroll_max_frames:
+                self._proceed()
+            return
+        self._good.append(_Good(frame.timestamp, face, embedding))
+        waited = frame.timestamp - self._good[0].timestamp
+        if (
+            len(self._good) >= self.settings.payment_frames
+            or waited >= self.settings.payment_window_s
+        ):
+            self._proceed()
+
+    def _proceed(self) -> None:
+        """Good frames in hand: the liveness challenge, or straight to the server."""
+        if self._make_liveness is None:
+            self._submit()
+            return
+        self._check = self._make_liveness()
+        prompt = self._check.start(self._clock())
+        self._move("face_ready", prompt)
+
+    def _check_liveness(self, frame: FrameLike) -> None:
+        assert self._check is not None
+        faces = self._engine.analyse(frame.image)
+        if len(faces) != 1:
+            self._face_box = None
+            return
+        face = faces[0]
+        self._face_box = face.box
+        embedding = self._engine.embed(frame.image, face)
+        same = self._same_person(self._good[0].embedding, embedding)
+        if same and self.settings.gate.problem(faces) is None and self._mode == "pay":
+            self._good.append(_Good(frame.timestamp, face, embedding))
+        outcome = self._check.observe(
+            timestamp=frame.timestamp, landmarks=face.landmarks, box=face.box, same_person=same
+        )
+        if outcome is not None:
+            self._liveness_done(outcome)
+
+    def _liveness_done(self, outcome: LivenessOutcome) -> None:
+        if not outcome.passed:
+            self._end(Result("liveness_failed", outcome.reason, explanation=outcome.explanation))
+            return
+        self._liveness_name = outcome.check
+        self._submit()
+
+    @staticmethod
+    def _session_threshold(engine: Engine, settings: FlowSettings) -> float:
+        if settings.same_person_threshold is not None:
+            return settings.same_person_threshold
+        calibration = engine.manifest.calibration
+        if calibration is None:
+            raise KioskError(
+                f"pack {engine.manifest.ref} has no calibrated threshold; set one",
+                code="pack_not_calibrated",
+            )
+        return min(point.threshold for point in calibration.points)
+
+    def _same_person(self, first: Embedding, other: Embedding) -> bool:
+        return first.similarity(other) >= self._same_person_threshold
+
+    def _submit(self) -> None:
+        self._move("submit", "please_wait")
+        if self._mode == "pay":
+            best = max(self._good, key=lambda good: good.score)
+            assert self._amount is not None and self._currency is not None
+            amount, currency = self._amount, self._currency
+            self._call(
+                lambda: self._server.pay(amount, currency, best.embedding, self._liveness_name)
+            )
+        else:
+            self._enroll()
+
+    def _enroll(self) -> None:
+        enrollment = self._enrollment
+        assert enrollment is not None and enrollment.policy is not None
+        policy = enrollment.policy
+        texts = policy["texts"]
+        locale = self.settings.locale if self.settings.locale in texts else "en"
+        try:
+            answer = self._server.enroll(
+                policy_version=int(policy["version"]),
+                text_sha256=texts[locale]["sha256"],
+                locale=locale,
+                signature_name=enrollment.name,
+                signed_at=enrollment.signed_at or dt.datetime.now(dt.UTC),
+                embeddings=[good.embedding for good in self._good],
+                liveness=self._liveness_name,
+                email=enrollment.email,
+                phone=enrollment.phone,
+                wallet_amount=enrollment.wallet_amount,
+                currency=enrollment.currency,
+            )
+        except KioskError as error:
+            self._end_on_error(error)
+            return
+        self._end(
+            Result(
+                "enrolled",
+                "enrolled",
+                shopper_label=_field(answer, "masked_label"),
+                wallet_balance=_field(answer, "wallet_balance"),
+            )
+        )
+
+    def _call(self, request: Callable[[], Any]) -> None:
+        try:
+            answer = request()
+        except ServerError as error:
+            self._end(Result("error", error.code, explanation=str(error)))
+            return
+        except KioskError as error:
+            self._end_on_error(error)
+            return
+        self._answer = answer
+        status = _field(answer, "status")
+        if status == "approved":
+            self._end(
+                Result(
+                    "approved",
+                    "approved",
+                    payment_id=_field(answer, "payment_id"),
+                    shopper_label=_field(answer, "shopper_label"),
+                    wallet_balance=_field(answer, "wallet_balance"),
+                )
+            )
+        elif status == "step_up_required":
+            self._tries_left = _field(answer, "tries_left")
+            self._move("ask_digits", "enter_phone_digits")
+        else:
+            code = _field(answer, "decline_code") or "declined"
+            self._end(Result("declined", code, payment_id=_field(answer, "payment_id")))
+
+
+def _field(answer: Any, name: str) -> Any:
+    """An answer's field, whether the client gives a mapping or a dataclass."""
+    if isinstance(answer, dict):
+        return answer.get(name)
+    return getattr(answer, name, None)
+
+
+__all__ = ["Flow", "FlowSettings", "QualityGate", "Result", "Screen", "Steps"]
