@@ -40,6 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     from server.health.routes import bp as health_bp
     from server.kiosks.routes import bp as kiosks_bp
     from server.payments.routes import bp as payments_bp
+    from server.privacy.routes import bp as privacy_bp
 
     app.security_schemes = {
         "KioskSignature": {
@@ -52,7 +53,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     }
     errors.register_error_handlers(app)
     extensions.init_app(app, settings)
-    for blueprint in (health_bp, kiosks_bp, consent_bp, enrollment_bp, payments_bp):
+    for blueprint in (health_bp, kiosks_bp, consent_bp, enrollment_bp, payments_bp, privacy_bp):
         app.register_blueprint(blueprint)
     return app
 

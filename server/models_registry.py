@@ -11,6 +11,7 @@ from server.kiosks import models as kiosk_models
 from server.ledger import models as ledger_models
 from server.matching import models as matching_models
 from server.payments import models as payment_models
+from server.privacy import models as privacy_models
 from server.shoppers import models as shopper_models
 
 metadata = Base.metadata
@@ -25,5 +26,6 @@ __all__ = [
     "matching_models",
     "metadata",
     "payment_models",
+    "privacy_models",
     "shopper_models",
 ]

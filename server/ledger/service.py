@@ -139,10 +139,10 @@ def check(session: Session) -> LedgerReport:
     """Recompute every balance from the transfers and compare it with everything that
     depends on it. Reports problems by account or payment id, never by shopper data.
 
-    `session` must be fresh: on PostgreSQL the check reads one snapshot (REPEATABLE READ);
+    Given a fresh session, the check reads one snapshot on PostgreSQL (REPEATABLE READ);
     SQLite transactions here already hold the write lock, so nothing changes underneath.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     report = LedgerReport()
     accounts = {account.id: account for account in session.scalars(select(Account))}

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import Response, request
+from flask import Response
 
 from server.db import transaction
 from server.errors import json_response
 from server.extensions import services
 from server.idempotency import service as idempotency
+from server.idempotency.http import respond_once
 from server.kiosks.auth import SECURITY, current_kiosk, kiosk_required
 from server.payments import service
 from server.payments.schemas import CaptureIn, IdempotencyHeaders, PaymentIn, PaymentOut, StepUpIn
@@ -28,19 +29,7 @@ _HOUSEKEEPING_CHANCE = 200  # about one request in this many expires stale holds
 def _once(
     headers: Mapping[str, Any], parameters: Mapping[str, Any], work: idempotency.Work
 ) -> Response:
-    svc = services()
-    kiosk = current_kiosk()
-    outcome = idempotency.run(
-        svc.sessions,
-        scope=f"kiosk:{kiosk.id}",
-        key=idempotency.check_key(headers.get("idempotency_key")),
-        fingerprint=idempotency.fingerprint(request.method, request.path, parameters),
-        lease_s=svc.settings.idempotency_lease_s,
-        work=work,
-    )
-    response = json_response(outcome.status, outcome.body)
-    if outcome.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    response = respond_once(headers, parameters, work)
     if idempotency.now_and_then(_HOUSEKEEPING_CHANCE):
         _housekeeping()
     return response

@@ -1,0 +1,132 @@
+"""Deletion at the kiosk on SQLite and PostgreSQL: the face and the phone ending must agree;
+the data key is destroyed, the templates go from every index and the database, and a backup
+taken before cannot be opened afterwards."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from server.audit import service as audit
+from server.crypto import KeyNotFoundError, open_, template_associated_data, unwrap_data_key
+from server.enrollment.models import Template
+from server.ledger import service as ledger
+from server.privacy.models import Deletion
+from server.shoppers.models import Shopper
+from tests.support.kiosk import SigningKiosk
+from tests.support.payments import SyntheticFace, new_key
+from tests.unit.server.test_payments import enroll, pay, signed
+
+PACK = "dlib-resnet-v1@1"
+
+
+def delete_me(client: FlaskClient, kiosk: SigningKiosk, face: SyntheticFace, digits: str) -> Any:
+    payload = {"probe": kiosk.seal(face.sample(), purpose="delete"), "phone_last4": digits}
+    return signed(client, kiosk, "POST", "/v1/deletions", payload, key=new_key())
+
+
+def test_deletion_needs_the_face_and_the_digits(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk
+) -> None:
+    rng = np.random.default_rng(21)
+    marie, paul = SyntheticFace(rng), SyntheticFace(rng)
+    marie_id = enroll(client, kiosk, marie, phone="+1 514 555 0142")
+    enroll(client, kiosk, paul, name="Paul Roy", phone="+1 514 555 9876")
+    for face, digits in ((marie, "9876"), (paul, "0142"), (SyntheticFace(rng), "0142")):
+        answer = delete_me(client, kiosk, face, digits)
+        assert answer.status_code == 200 and answer.get_json() == {"status": "not_found"}
+    svc = app.extensions["facepay"]
+    assert svc.gallery.sizes()[PACK] == 2
+    with svc.sessions() as session:
+        assert session.get(Shopper, marie_id).status == "active"  # type: ignore[union-attr]
+
+
+def test_deletion_shreds_the_key_and_declines_the_face_afterwards(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk
+) -> None:
+    rng = np.random.default_rng(22)
+    marie = SyntheticFace(rng)
+    marie_id = enroll(client, kiosk, marie, wallet=10_000)
+    paid = pay(client, kiosk, marie, 2_000).get_json()
+    assert paid["status"] == "approved"
+
+    answer = delete_me(client, kiosk, marie, "0142")
+    assert answer.status_code == 200, answer.get_json()
+    receipt = answer.get_json()
+    assert receipt["status"] == "deleted" and receipt["templates_deleted"] == 3
+    assert set(receipt) == {"status", "request_id", "done_at", "templates_deleted"}
+
+    svc = app.extensions["facepay"]
+    assert svc.gallery.sizes()[PACK] == 0
+    with pytest.raises(KeyNotFoundError):
+        svc.keys.key_store.get(marie_id)
+    with svc.sessions() as session:
+        shopper = session.get(Shopper, marie_id)
+        assert shopper is not None and shopper.status == "deleted"
+        assert (shopper.email, shopper.phone, shopper.phone_last4_hash) == ("", "", "")
+        assert session.scalars(select(Template).where(Template.shopper_id == marie_id)).all() == []
+        assert session.get(Deletion, receipt["request_id"]) is not None
+        assert audit.verify(session, svc.keys.audit_key).ok
+        records = [json.loads(r) for r in session.scalars(select(audit.AuditRecord.record))]
+        assert ledger.check(session).ok  # the payment and its transfers stay
+    deleted = [r for r in records if r["kind"] == "shopper.deleted"]
+    assert deleted and deleted[0]["subject"] == marie_id
+    assert "vector" not in json.dumps(records) and "score" not in json.dumps(records)
+
+    after = pay(client, kiosk, marie, 500).get_json()
+    assert (after["status"], after["decline_code"]) == ("declined", "no_match")
+    again = delete_me(client, kiosk, marie, "0142").get_json()
+    assert again == {"status": "not_found"}
+
+
+def test_a_second_server_process_forgets_the_face_within_a_second(
+    app: Any, app_config: dict[str, Any], client: FlaskClient, kiosk: SigningKiosk
+) -> None:
+    from server import create_app
+
+    marie = SyntheticFace(np.random.default_rng(23))
+    enroll(client, kiosk, marie)
+    other = create_app(app_config)
+    with other.app_context():
+        other.extensions["facepay"].start()
+    try:
+        assert other.extensions["facepay"].gallery.sizes()[PACK] == 1
+        assert delete_me(client, kiosk, marie, "0142").get_json()["status"] == "deleted"
+        done = time.monotonic()
+        while other.extensions["facepay"].gallery.sizes()[PACK] != 0:
+            assert time.monotonic() - done < 5, "the other process never dropped the shopper"
+            time.sleep(0.02)
+        assert time.monotonic() - done <= 1.0
+    finally:
+        other.extensions["facepay"].stop()
+
+
+def test_a_backup_taken_before_deletion_cannot_be_opened_after(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk
+) -> None:
+    """The backup here is the template rows as they were before the deletion (what a dump of
+    the main database holds); the key store is kept apart from such backups."""
+    marie = SyntheticFace(np.random.default_rng(24))
+    marie_id = enroll(client, kiosk, marie)
+    svc = app.extensions["facepay"]
+    with svc.sessions() as session:
+        backup = session.execute(
+            select(Template.id, Template.pack, Template.ciphertext).where(
+                Template.shopper_id == marie_id
+            )
+        ).all()
+    key = unwrap_data_key(svc.keys.masters, svc.keys.key_store.get(marie_id), marie_id)
+    template_id, pack, ciphertext = backup[0]
+    assert open_(key, ciphertext, template_associated_data(marie_id, template_id, pack))
+    del key
+    assert delete_me(client, kiosk, marie, "0142").get_json()["status"] == "deleted"
+
+    assert len(backup) == 3  # the old copy still holds the ciphertexts…
+    with pytest.raises(KeyNotFoundError):  # …but the key that opened them is gone
+        svc.keys.key_store.get(marie_id)
