@@ -102,6 +102,7 @@ class Server(Protocol):
     ) -> Any: ...
     def pay(self, amount_minor: int, currency: str, embedding: Embedding, liveness: str) -> Any: ...
     def step_up(self, answer: Any, phone_last4: str) -> Any: ...
+    def delete_me(self, embedding: Embedding, liveness: str, phone_last4: str) -> Any: ...
 
 
 # ---------------------------------------------------------------- settings and results
@@ -159,7 +160,7 @@ class FlowSettings:
 class Result:
     """How a session ended: what the screen shows and the CLI prints. No score, no template."""
 
-    outcome: str  # approved, declined, step_up_failed, enrolled, cancelled, other_way,
+    outcome: str  # approved, declined, enrolled, deleted, not_found, cancelled, other_way,
     # timed_out, liveness_failed, no_face, server_unavailable, error
     code: str
     payment_id: str | None = None
@@ -169,7 +170,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("approved", "enrolled")
+        return self.outcome in ("approved", "enrolled", "deleted")
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class Screen:
 
     state: str
     prompt: str
-    mode: str | None = None  # pay, enroll
+    mode: str | None = None  # pay, enroll, delete
     amount: int | None = None
     currency: str | None = None
     face_box: tuple[int, int, int, int] | None = None
@@ -200,7 +201,7 @@ class Steps(StateMachine):
     step_up = State()
     done = State()
 
-    begin_payment = idle.to(looking) | done.to(looking)
+    begin_face = idle.to(looking) | done.to(looking)  # a payment or a deletion
     begin_enrollment = idle.to(consent) | done.to(consent)
     agree = consent.to(looking)
     face_ready = looking.to(liveness)
@@ -251,6 +252,7 @@ class Flow:
     _good: list[_Good]
     _check: Liveness | None
     _liveness_name: str
+    _deletion_digits: str | None
     _answer: Any
     _tries_left: int | None
     _result: Result | None
@@ -310,7 +312,15 @@ class Flow:
         self._require_free()
         self._clear()
         self._mode, self._amount, self._currency = "pay", amount_minor, currency
-        self._move("begin_payment", "look_at_camera")
+        self._move("begin_face", "look_at_camera")
+
+    def start_deletion(self, phone_last4: str) -> None:
+        """ "Delete my face data": the face, confirmed by the phone's last four digits."""
+        _check_digits(phone_last4)
+        self._require_free()
+        self._clear()
+        self._mode, self._deletion_digits = "delete", phone_last4
+        self._move("begin_face", "look_at_camera")
 
     def start_enrollment(
         self, *, email: str, phone: str, wallet_amount: int = 0, currency: str = "CAD"
@@ -339,8 +349,7 @@ class Flow:
     def enter_digits(self, phone_last4: str) -> None:
         if self.state != "step_up":
             raise KioskError("no step-up is asked now", code="no_step_up_pending")
-        if len(phone_last4) != 4 or not phone_last4.isdigit():
-            raise KioskError("type the last four digits of your phone", code="bad_digits")
+        _check_digits(phone_last4)
         self._move("submit", "please_wait")
         self._call(lambda: self._server.step_up(self._answer, phone_last4))
 
@@ -362,7 +371,7 @@ class Flow:
     def end_of_source(self) -> None:
         """A recorded source has no more frames: go on with what was found, or give up."""
         if self.state == "looking":
-            needed = 1 if self._mode == "pay" else self.settings.enroll_min_frames
+            needed = self.settings.enroll_min_frames if self._mode == "enroll" else 1
             if len(self._good) >= needed:
                 self._proceed()
             else:
@@ -408,6 +417,7 @@ class Flow:
         self._good = []
         self._check = None
         self._liveness_name = "none"
+        self._deletion_digits = None
         self._answer = None
         self._tries_left = None
         self._result = None
@@ -482,7 +492,7 @@ class Flow:
         self._face_box = face.box
         embedding = self._engine.embed(frame.image, face)
         same = self._same_person(self._good[0].embedding, embedding)
-        if same and self.settings.gate.problem(faces) is None and self._mode == "pay":
+        if same and self.settings.gate.problem(faces) is None and self._mode != "enroll":
             self._good.append(_Good(frame.timestamp, face, embedding))
         outcome = self._check.observe(
             timestamp=frame.timestamp, landmarks=face.landmarks, box=face.box, same_person=same
@@ -514,7 +524,9 @@ class Flow:
 
     def _submit(self) -> None:
         self._move("submit", "please_wait")
-        if self._mode == "pay":
+        if self._mode == "delete":
+            self._delete()
+        elif self._mode == "pay":
             best = max(self._good, key=lambda good: good.score)
             assert self._amount is not None and self._currency is not None
             amount, currency = self._amount, self._currency
@@ -523,6 +535,22 @@ class Flow:
             )
         else:
             self._enroll()
+
+    def _delete(self) -> None:
+        best = max(self._good, key=lambda good: good.score)
+        assert self._deletion_digits is not None
+        try:
+            answer = self._server.delete_me(
+                best.embedding, self._liveness_name, self._deletion_digits
+            )
+        except KioskError as error:
+            self._end_on_error(error)
+            return
+        if _field(answer, "status") == "deleted":
+            receipt = f"receipt {_field(answer, 'request_id')} at {_field(answer, 'done_at')}"
+            self._end(Result("deleted", "deleted", explanation=receipt))
+        else:
+            self._end(Result("not_found", "not_found"))
 
     def _enroll(self) -> None:
         enrollment = self._enrollment
@@ -583,6 +611,11 @@ class Flow:
         else:
             code = _field(answer, "decline_code") or "declined"
             self._end(Result("declined", code, payment_id=_field(answer, "payment_id")))
+
+
+def _check_digits(phone_last4: str) -> None:
+    if len(phone_last4) != 4 or not phone_last4.isdigit():
+        raise KioskError("type the last four digits of your phone", code="bad_digits")
 
 
 def _field(answer: Any, name: str) -> Any:

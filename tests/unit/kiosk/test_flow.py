@@ -57,6 +57,11 @@ class ScriptedServer:
         self.digits.append(phone_last4)
         return self._next()
 
+    def delete_me(self, embedding: Embedding, liveness: str, phone_last4: str) -> Any:
+        self.digits.append(phone_last4)
+        self.payments.append((0, "", embedding, liveness))
+        return self._next()
+
     def _next(self) -> Any:
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -320,3 +325,20 @@ def test_every_step_can_be_left(
     else:
         assert flow.result.outcome in ("timed_out", "declined", "liveness_failed")
     assert flow.screen.other_ways  # paying another way is always on offer
+
+
+def test_delete_me_sends_the_face_with_the_digits(
+    engine: FaceEngine, photos: dict[str, list[np.ndarray]]
+) -> None:
+    receipt = {"status": "deleted", "request_id": "r-1", "done_at": "2026-11-26T23:00:00+00:00"}
+    server, clock = ScriptedServer([receipt, {"status": "not_found"}]), Clock()
+    flow = make_flow(engine, server, clock)
+    with pytest.raises(Exception, match="four digits"):
+        flow.start_deletion("014")
+    flow.start_deletion("0142")
+    feed(flow, photos["p01"][:3], clock)
+    assert flow.result is not None and (flow.result.outcome, flow.result.ok) == ("deleted", True)
+    assert "r-1" in flow.result.explanation and server.digits == ["0142"]
+    flow.start_deletion("0142")
+    feed(flow, photos["p01"][:3], clock)
+    assert flow.result is not None and flow.result.outcome == "not_found"
