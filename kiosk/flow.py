@@ -77,6 +77,7 @@ class Liveness(Protocol):
         landmarks: npt.NDArray[np.float64],
         box: tuple[int, int, int, int],
         same_person: bool,
+        image: npt.NDArray[np.uint8] | None = None,
     ) -> LivenessOutcome | None: ...
     def finish(self, now: float) -> LivenessOutcome: ...
 
@@ -495,7 +496,11 @@ class Flow:
         if same and self.settings.gate.problem(faces) is None and self._mode != "enroll":
             self._good.append(_Good(frame.timestamp, face, embedding))
         outcome = self._check.observe(
-            timestamp=frame.timestamp, landmarks=face.landmarks, box=face.box, same_person=same
+            timestamp=frame.timestamp,
+            landmarks=face.landmarks,
+            box=face.box,
+            same_person=same,
+            image=frame.image,  # for a model-based check; never kept or sent
         )
         if outcome is not None:
             self._liveness_done(outcome)

@@ -81,7 +81,9 @@ class ScriptedLiveness:
     def start(self, now: float) -> str:
         return "turn_left"
 
-    def observe(self, *, timestamp: float, landmarks: Any, box: Any, same_person: bool) -> Any:
+    def observe(
+        self, *, timestamp: float, landmarks: Any, box: Any, same_person: bool, image: Any = None
+    ) -> Any:
         self.seen.append(same_person)
         if len(self.seen) < self.frames_needed:
             return None
