@@ -13,6 +13,7 @@ import click
 GROUPS = {
     "models": "models.cli:models_group",
     "server": "server.cli:server_group",
+    "kiosk": "kiosk.cli:kiosk_group",
 }
 
 
@@ -48,6 +49,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ("server.config", ("ConfigError",)),
         ("server.errors", ("ProblemError",)),
         ("server.crypto.errors", ("CryptoError",)),
+        ("kiosk.errors", ("KioskError",)),
     ):
         module = sys.modules.get(module_name)
         found.extend(getattr(module, name) for name in names if module is not None)

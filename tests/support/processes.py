@@ -147,6 +147,11 @@ class Gunicorn:
         wait_until_serving(f"{self.url}/readyz", self.process, self.log)
         return self.url
 
+    def signal(self, number: int) -> None:
+        """Send a signal to the master and every worker (SIGSTOP: up, but never answering)."""
+        if self.process is not None:
+            os.killpg(self.process.pid, number)
+
     def kill(self) -> None:
         """SIGKILL the master and every worker: nothing gets to clean up."""
         if self.process is None:

@@ -1,0 +1,299 @@
+"""`facepay kiosk …`: register the kiosk, then enroll, pay and delete from a frame source,
+headless (the tests and the demo use these), or run the customer screen.
+
+With `--json` each command prints one JSON object. Exit status: 0 for an approved payment or
+a done enrollment or deletion, 1 when declined (or not found, or the face was not good
+enough), 2 for errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+
+from kiosk.errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+source_option = click.option(
+    "--source",
+    required=True,
+    help="A camera index or /dev/videoN, a video file, an image or a folder of images.",
+)
+liveness_option = click.option(
+    "--liveness",
+    type=click.Choice(["auto", "active", "insightface", "off"]),
+    default="auto",
+    show_default=True,
+    help="The presentation-attack check; off only for recorded sources (tests, the demo).",
+)
+
+# ISO 4217 currencies whose minor unit is not the cent.
+_MINOR_DIGITS = {"BHD": 3, "JOD": 3, "KWD": 3, "OMR": 3, "TND": 3, "JPY": 0, "KRW": 0, "ISK": 0}
+# Outcomes that are a "no" rather than a failure: exit 1.
+_NO = {"declined", "not_found", "liveness_failed", "no_face", "timed_out", "cancelled", "other_way"}
+
+
+def to_minor_units(amount: str, currency: str) -> int:
+    """ "12.50" CAD -> 1250; refuses more decimals than the currency has."""
+    digits = _MINOR_DIGITS.get(currency.upper(), 2)
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise click.BadParameter(f"{amount!r} is not an amount") from None
+    minor = value.scaleb(digits)
+    if not value.is_finite() or value <= 0 or minor != minor.to_integral_value():
+        raise click.BadParameter(f"{amount!r} is not a positive amount in {currency.upper()}")
+    return int(minor)
+
+
+@click.group("kiosk")
+@click.option(
+    "--home",
+    envvar="FACEPAY_KIOSK_HOME",
+    default=None,
+    help="The kiosk's folder: keys, settings, outbox (default: the user's config folder).",
+)
+@click.pass_context
+def kiosk_group(ctx: click.Context, home: str | None) -> None:
+    """The kiosk at the till."""
+    ctx.obj = home
+
+
+@kiosk_group.command("register")
+@click.option("--server", "server_url", required=True, help="The server's base URL (https://…).")
+@click.option("--code", "pairing_code", required=True, help="The one-time pairing code.")
+@click.option("--force", is_flag=True, help="Replace an existing registration.")
+@json_option
+@click.pass_obj
+def register(
+    home: str | None, server_url: str, pairing_code: str, force: bool, as_json: bool
+) -> None:
+    """Make this kiosk's key pair, register it, and pin the server's sealing key."""
+    from kiosk.home import KioskHome
+    from kiosk.home import register as register_home
+
+    registration = register_home(KioskHome(home), server_url, pairing_code, force=force)
+    data = {"kiosk_id": registration.kiosk_id, "store": registration.store, "server": server_url}
+    _emit(as_json, data, f"registered kiosk {registration.kiosk_id} ({registration.store})")
+
+
+@kiosk_group.command("enroll")
+@source_option
+@click.option("--name", required=True, help="The shopper's full name, typed as signature.")
+@click.option("--email", required=True)
+@click.option("--phone", required=True)
+@click.option("--agree", is_flag=True, help="The shopper read the notice and agrees.")
+@click.option(
+    "--wallet", default="0", show_default=True, help="Sandbox wallet to open, e.g. 50.00."
+)
+@click.option("--currency", default="CAD", show_default=True)
+@click.option("--locale", default="en", show_default=True, help="The notice's language shown.")
+@liveness_option
+@json_option
+@click.pass_obj
+def enroll(
+    home: str | None,
+    source: str,
+    name: str,
+    email: str,
+    phone: str,
+    agree: bool,
+    wallet: str,
+    currency: str,
+    locale: str,
+    liveness: str,
+    as_json: bool,
+) -> None:
+    """Enroll a shopper from the good frames of SOURCE (3 to 5), after the notice is agreed."""
+    if not agree:
+        raise click.UsageError("enrollment needs the shopper's explicit --agree to the notice")
+    wallet_minor = 0 if Decimal(wallet or "0") == 0 else to_minor_units(wallet, currency)
+    with _session(home, liveness, source, locale=locale) as (flow, frames):
+        flow.start_enrollment(
+            email=email, phone=phone, wallet_amount=wallet_minor, currency=currency.upper()
+        )
+        if flow.state == "consent":
+            notice = flow.screen.notice or {}
+            logger.info("consent notice v%s shown and agreed", notice.get("version"))
+            flow.agree(name)
+        result = _drive(flow, frames)
+    _finish(result, as_json)
+
+
+@kiosk_group.command("pay")
+@source_option
+@click.option("--amount", required=True, help="The amount due, e.g. 12.50.")
+@click.option("--currency", default="CAD", show_default=True)
+@click.option("--phone-last4", default=None, help="Answers a step-up if the server asks.")
+@liveness_option
+@json_option
+@click.pass_obj
+def pay(
+    home: str | None,
+    source: str,
+    amount: str,
+    currency: str,
+    phone_last4: str | None,
+    liveness: str,
+    as_json: bool,
+) -> None:
+    """Pay AMOUNT by the face in SOURCE."""
+    minor = to_minor_units(amount, currency)
+    with _session(home, liveness, source) as (flow, frames):
+        flow.start_payment(minor, currency.upper())
+        result = _drive(flow, frames, phone_last4=phone_last4)
+    _finish(result, as_json)
+
+
+@kiosk_group.command("delete-me")
+@source_option
+@click.option("--phone-last4", required=True, help="The last four digits of the phone enrolled.")
+@liveness_option
+@json_option
+@click.pass_obj
+def delete_me(
+    home: str | None, source: str, phone_last4: str, liveness: str, as_json: bool
+) -> None:
+    """Delete the face data of the shopper in SOURCE whose phone ends in these digits."""
+    with _session(home, liveness, source) as (flow, frames):
+        flow.start_deletion(phone_last4)
+        result = _drive(flow, frames)
+    _finish(result, as_json)
+
+
+@kiosk_group.command("resolve")
+@json_option
+@click.pass_obj
+def resolve(home: str | None, as_json: bool) -> None:
+    """Learn the fate of payments left without an answer (after a crash or an outage)."""
+    from kiosk.client import ServerClient
+    from kiosk.home import KioskHome
+
+    answers = ServerClient.from_home(KioskHome(home)).resolve_pending()
+    data = {"resolved": [_plain(answer) for answer in answers]}
+    _emit(as_json, data, f"{len(answers)} pending requests resolved")
+
+
+# ---------------------------------------------------------------- driving a session
+
+
+@contextmanager
+def _session(
+    home: str | None, liveness: str, source: str, *, locale: str = "en"
+) -> Iterator[tuple[Any, Any]]:
+    """The flow with its real parts, and the open frame source; pending payments first."""
+    from kiosk.camera import open_source
+    from kiosk.client import ServerClient
+    from kiosk.flow import Flow, FlowSettings
+    from kiosk.home import KioskHome
+    from models import packs
+
+    client = ServerClient.from_home(KioskHome(home))
+    if client.has_pending():
+        resolved = client.resolve_pending()
+        logger.info("resolved %d pending requests before a new one", len(resolved))
+    frames = open_source(source)
+    recorded = not frames.live
+    settings = FlowSettings(locale=locale, enroll_spacing_s=0.0 if recorded else 0.3)
+    engine = packs.open_engine()
+    flow = Flow(
+        engine=engine,
+        server=client,
+        liveness=_liveness_factory(liveness, recorded, engine.manifest),
+        clock=time.monotonic,
+        settings=settings,
+    )
+    try:
+        yield flow, frames
+    finally:
+        frames.close()
+
+
+def _liveness_factory(mode: str, recorded: bool, manifest: Any) -> Callable[[], Any] | None:
+    """One check for the whole run (it resets at each start; a model loads once)."""
+    if mode == "off":
+        if not recorded:
+            logger.warning("liveness is off for a live camera: only for tests and demos")
+        return None
+    from kiosk.liveness import LandmarkScheme, choose_check
+
+    # The engine's landmarks: dlib's 5 points, or insightface's for a pack aligned like ArcFace.
+    scheme: LandmarkScheme = (
+        "arcface-5" if manifest.preprocessing.alignment == "arcface" else "dlib-5"
+    )
+    check = choose_check(mode, landmarks=scheme)
+    return lambda: check
+
+
+def _drive(flow: Any, frames: Any, *, phone_last4: str | None = None) -> Any:
+    """Feed frames until the session ends; answer a step-up with the digits if given."""
+    while flow.state != "done":
+        if flow.state == "step_up":
+            if phone_last4 is None:
+                flow.pay_another_way()
+                break
+            flow.enter_digits(phone_last4)
+            phone_last4 = None  # one answer only: a wrong one is not retried blindly
+            continue
+        try:
+            frame = frames.read(timeout=1.0)
+        except SourceError as error:
+            if error.code != "camera_lost":
+                raise
+            logger.warning("%s; waiting for it to come back", error)  # the flow's limits hold
+            flow.tick()
+            continue
+        if frame is None:
+            if not frames.live:
+                flow.end_of_source()
+                if flow.state in ("looking", "liveness"):
+                    flow.cancel()
+            flow.tick()
+            continue
+        flow.on_frame(frame)
+    return flow.result
+
+
+def _finish(result: Any, as_json: bool) -> None:
+    data = _plain(result)
+    text = f"{result.outcome}" + (f" [{result.code}]" if result.code != result.outcome else "")
+    if result.shopper_label:
+        text += f": {result.shopper_label}"
+    if result.wallet_balance is not None:
+        text += f", balance {result.wallet_balance}"
+    if result.payment_id:
+        text += f" (charge {result.payment_id})"
+    if result.explanation:
+        text += f" — {result.explanation}"
+    _emit(as_json, data, text)
+    if result.ok:
+        return
+    sys.exit(1 if result.outcome in _NO else 2)
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    return {k: v for k, v in asdict(value).items() if not k.startswith("_")}
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data, sort_keys=True, default=_json_default) if as_json else text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
