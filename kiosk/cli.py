@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import click
 
 from kiosk.errors import SourceError
+from kiosk.money import parse_amount
 
 logger = logging.getLogger(__name__)
 
@@ -39,23 +40,16 @@ liveness_option = click.option(
     help="The presentation-attack check; off only for recorded sources (tests, the demo).",
 )
 
-# ISO 4217 currencies whose minor unit is not the cent.
-_MINOR_DIGITS = {"BHD": 3, "JOD": 3, "KWD": 3, "OMR": 3, "TND": 3, "JPY": 0, "KRW": 0, "ISK": 0}
 # Outcomes that are a "no" rather than a failure: exit 1.
 _NO = {"declined", "not_found", "liveness_failed", "no_face", "timed_out", "cancelled", "other_way"}
 
 
 def to_minor_units(amount: str, currency: str) -> int:
     """ "12.50" CAD -> 1250; refuses more decimals than the currency has."""
-    digits = _MINOR_DIGITS.get(currency.upper(), 2)
-    try:
-        value = Decimal(amount)
-    except InvalidOperation:
-        raise click.BadParameter(f"{amount!r} is not an amount") from None
-    minor = value.scaleb(digits)
-    if not value.is_finite() or value <= 0 or minor != minor.to_integral_value():
+    minor = parse_amount(amount, currency)
+    if minor is None:
         raise click.BadParameter(f"{amount!r} is not a positive amount in {currency.upper()}")
-    return int(minor)
+    return minor
 
 
 @click.group("kiosk")
@@ -186,14 +180,91 @@ def resolve(home: str | None, as_json: bool) -> None:
     _emit(as_json, data, f"{len(answers)} pending requests resolved")
 
 
+@kiosk_group.command("run")
+@click.option("--camera", default=None, help="A camera index (0) or /dev/videoN. [default: 0]")
+@click.option(
+    "--source",
+    default=None,
+    help="Instead of a camera: a video file, an image or a folder of images (demos, tests).",
+)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@liveness_option
+@click.option("--locale", type=click.Choice(["en", "fr"]), default="en", show_default=True)
+@click.option(
+    "--loop/--no-loop",
+    default=True,
+    show_default=True,
+    help="A recorded source starts again when it ends during a session.",
+)
+@click.pass_obj
+def run(
+    home: str | None,
+    camera: str | None,
+    source: str | None,
+    port: int,
+    liveness: str,
+    locale: str,
+    loop: bool,
+) -> None:
+    """The customer screen: the flow on the camera, served at http://127.0.0.1:PORT/ for
+    Chromium in kiosk mode (deploy/kiosk/), until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from kiosk.camera import open_source
+    from kiosk.errors import KioskError
+    from kiosk.runner import AnnouncingServer, Runner
+    from kiosk.ui import UiServer, create_ui
+
+    if camera is not None and source is not None:
+        raise click.UsageError("give --camera or --source, not both")
+    spec = source if source is not None else (camera if camera is not None else "0")
+    announcing: list[AnnouncingServer] = []
+
+    def wrap(client: Any) -> AnnouncingServer:
+        announcing.append(AnnouncingServer(client))
+        return announcing[-1]
+
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        with _session(home, liveness, spec, locale=locale, wrap_server=wrap) as (flow, frames):
+            recorded = not frames.live
+            runner = Runner(
+                flow,
+                frames,
+                reopen=(lambda: open_source(spec)) if recorded else None,
+                loop=loop,
+                clock=time.monotonic,
+                server=announcing[0],
+            )
+            screen = UiServer(create_ui(runner, locale=locale), port=port)
+            with runner, screen:
+                click.echo(f"facepay screen on {screen.url} ({frames.description})")
+                while not stopping.wait(0.5):
+                    if not runner.running:
+                        raise KioskError("the kiosk flow stopped", code="runner_stopped")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("facepay screen stopped")
+
+
 # ---------------------------------------------------------------- driving a session
 
 
 @contextmanager
 def _session(
-    home: str | None, liveness: str, source: str, *, locale: str = "en"
+    home: str | None,
+    liveness: str,
+    source: str,
+    *,
+    locale: str = "en",
+    wrap_server: Callable[[Any], Any] | None = None,
 ) -> Iterator[tuple[Any, Any]]:
-    """The flow with its real parts, and the open frame source; pending payments first."""
+    """The flow with its real parts, and the open frame source; pending payments first.
+    `wrap_server` wraps the server client the flow is given (`facepay kiosk run`)."""
     from kiosk.camera import open_source
     from kiosk.client import ServerClient
     from kiosk.flow import Flow, FlowSettings
@@ -210,7 +281,7 @@ def _session(
     engine = packs.open_engine()
     flow = Flow(
         engine=engine,
-        server=client,
+        server=wrap_server(client) if wrap_server is not None else client,
         liveness=_liveness_factory(liveness, recorded, engine.manifest),
         clock=time.monotonic,
         settings=settings,
