@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -172,10 +173,8 @@ def delete_me(
 @click.pass_obj
 def resolve(home: str | None, as_json: bool) -> None:
     """Learn the fate of payments left without an answer (after a crash or an outage)."""
-    from kiosk.client import ServerClient
-    from kiosk.home import KioskHome
 
-    answers = ServerClient.from_home(KioskHome(home)).resolve_pending()
+    answers = _client(home).resolve_pending()
     data = {"resolved": [_plain(answer) for answer in answers]}
     _emit(as_json, data, f"{len(answers)} pending requests resolved")
 
@@ -266,12 +265,10 @@ def _session(
     """The flow with its real parts, and the open frame source; pending payments first.
     `wrap_server` wraps the server client the flow is given (`facepay kiosk run`)."""
     from kiosk.camera import open_source
-    from kiosk.client import ServerClient
     from kiosk.flow import Flow, FlowSettings
-    from kiosk.home import KioskHome
     from models import packs
 
-    client = ServerClient.from_home(KioskHome(home))
+    client = _client(home)
     if client.has_pending():
         resolved = client.resolve_pending()
         logger.info("resolved %d pending requests before a new one", len(resolved))
@@ -290,6 +287,28 @@ def _session(
         yield flow, frames
     finally:
         frames.close()
+
+
+def _client(home: str | None) -> Any:
+    """The signed client of this kiosk. FACEPAY_KIOSK_TIMEOUT_S bounds one request (default
+    10 s) and FACEPAY_KIOSK_RETRY_S all the retries of one call (default 30 s)."""
+    from kiosk.client import RetryPolicy, ServerClient
+    from kiosk.home import KioskHome
+
+    timeout = _seconds("FACEPAY_KIOSK_TIMEOUT_S", 10.0)
+    retry = RetryPolicy(total_s=_seconds("FACEPAY_KIOSK_RETRY_S", 30.0))
+    return ServerClient.from_home(KioskHome(home), timeout_s=timeout, retry=retry)
+
+
+def _seconds(variable: str, default: float) -> float:
+    raw = os.environ.get(variable, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise click.UsageError(f"{variable} must be a number of seconds") from None
+    if not value > 0:
+        raise click.UsageError(f"{variable} must be positive")
+    return value
 
 
 def _liveness_factory(mode: str, recorded: bool, manifest: Any) -> Callable[[], Any] | None:

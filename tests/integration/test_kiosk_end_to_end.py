@@ -201,6 +201,8 @@ def test_a_payment_cut_off_by_a_server_crash_is_resolved_with_one_charge(
     env = base_env(tmp_path / "instance", database)
     env["FACEPAY_KIOSK_HOME"] = str(tmp_path / "kiosk-home")
     env["FACEPAY_IDEMPOTENCY_LEASE_S"] = "1"
+    env["FACEPAY_KIOSK_TIMEOUT_S"] = "2"  # the stopped server: give up on it sooner
+    env["FACEPAY_KIOSK_RETRY_S"] = "5"
     facepay(env, "server", "init")
     code = facepay(env, "server", "kiosk", "add", "till-1", "--store", "Montreal 01")
     server = Gunicorn(env, free_port(), tmp_path / "server.log", workers=2)
