@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -370,8 +370,27 @@ def _checked_vector(value: Any) -> npt.NDArray[np.float32]:
 # ---------------------------------------------------------------- answers
 
 
+class _Refusable:
+    """What every answer can do: turn a refusal (status ``error``) into `ServerError`."""
+
+    status: str
+    code: str | None
+    detail: str | None
+    http_status: int | None
+
+    def raise_for_error(self) -> Self:
+        """The answer itself, or `ServerError` when it is a refusal (status ``error``)."""
+        if self.status == "error":
+            raise ServerError(
+                self.detail or "the server refused the request",
+                code=self.code,
+                status=self.http_status,
+            )
+        return self
+
+
 @dataclass(frozen=True)
-class PaymentAnswer:
+class PaymentAnswer(_Refusable):
     """The server's answer about a payment (to a payment, step-up, capture, void or read).
 
     `status` is approved, declined or step_up_required; in the list `resolve_pending` returns
@@ -398,16 +417,6 @@ class PaymentAnswer:
     http_status: int | None = None
     idempotency_key: str | None = None
     replayed: bool = False
-
-    def raise_for_error(self) -> PaymentAnswer:
-        """The answer itself, or `ServerError` when it is a refusal (status ``error``)."""
-        if self.status == "error":
-            raise ServerError(
-                self.detail or "the server refused the request",
-                code=self.code,
-                status=self.http_status,
-            )
-        return self
 
 
 def _payment_answer(reply: _Reply, *, kind: str, key: str | None) -> PaymentAnswer:
@@ -465,7 +474,7 @@ class EnrollmentAnswer:
 
 
 @dataclass(frozen=True)
-class DeletionAnswer:
+class DeletionAnswer(_Refusable):
     """The answer to `delete_me`: ``deleted``, ``not_found``, or ``error`` (in the list
     `resolve_pending` returns) with the problem's `code`."""
 
@@ -477,16 +486,6 @@ class DeletionAnswer:
     http_status: int | None = None
     idempotency_key: str | None = None
     replayed: bool = False
-
-    def raise_for_error(self) -> DeletionAnswer:
-        """The answer itself, or `ServerError` when it is a refusal (status ``error``)."""
-        if self.status == "error":
-            raise ServerError(
-                self.detail or "the server refused the request",
-                code=self.code,
-                status=self.http_status,
-            )
-        return self
 
 
 def _deletion_answer(reply: _Reply, *, key: str | None) -> DeletionAnswer:
