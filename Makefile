@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint bench clean
+.PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[kiosk,server,test]'
 	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m facepay_cli demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -14,6 +14,7 @@ GROUPS = {
     "models": "models.cli:models_group",
     "server": "server.cli:server_group",
     "kiosk": "kiosk.cli:kiosk_group",
+    "demo": "facepay_demo:demo_command",
 }
 
 

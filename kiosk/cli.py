@@ -123,7 +123,7 @@ def enroll(
             notice = flow.screen.notice or {}
             logger.info("consent notice v%s shown and agreed", notice.get("version"))
             flow.agree(name)
-        result = _drive(flow, frames)
+        result = drive(flow, frames)
     _finish(result, as_json)
 
 
@@ -148,7 +148,7 @@ def pay(
     minor = to_minor_units(amount, currency)
     with _session(home, liveness, source) as (flow, frames):
         flow.start_payment(minor, currency.upper())
-        result = _drive(flow, frames, phone_last4=phone_last4)
+        result = drive(flow, frames, phone_last4=phone_last4)
     _finish(result, as_json)
 
 
@@ -164,7 +164,7 @@ def delete_me(
     """Delete the face data of the shopper in SOURCE whose phone ends in these digits."""
     with _session(home, liveness, source) as (flow, frames):
         flow.start_deletion(phone_last4)
-        result = _drive(flow, frames)
+        result = drive(flow, frames)
     _finish(result, as_json)
 
 
@@ -327,7 +327,7 @@ def _liveness_factory(mode: str, recorded: bool, manifest: Any) -> Callable[[], 
     return lambda: check
 
 
-def _drive(flow: Any, frames: Any, *, phone_last4: str | None = None) -> Any:
+def drive(flow: Any, frames: Any, *, phone_last4: str | None = None) -> Any:
     """Feed frames until the session ends; answer a step-up with the digits if given."""
     while flow.state != "done":
         if flow.state == "step_up":
