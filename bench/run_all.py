@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["bench_engine.py", "bench_accuracy.py", "bench_matching.py", "bench_gallery.py"]
+SCRIPTS = [
+    "bench_engine.py",
+    "bench_accuracy.py",
+    "bench_matching.py",
+    "bench_gallery.py",
+    "bench_payments.py",
+    "bench_kiosk.py",
+]
 HEADER = """# Benchmarks
 
 Written by `make bench` (`bench/run_all.py`), which runs every script in `bench/` and
