@@ -27,6 +27,7 @@ from tests.support.processes import (
     http,
     register_kiosk_http,
     signed_call,
+    wait_for_gallery,
 )
 
 SHOPPERS = 20
@@ -73,6 +74,7 @@ def store(tmp_path: Path, database_url: str) -> Iterator[Store]:
             assert status == 201, enrolled
             faces.append(face)
             shopper_ids.append(enrolled["shopper_id"])
+        wait_for_gallery(url, SHOPPERS)  # every worker, not only the one that enrolled
         yield Store(env, server, url, kiosk, faces, shopper_ids)
     finally:
         server.stop()

@@ -172,6 +172,18 @@ class Gunicorn:
         self.process = None
 
 
+def wait_for_gallery(
+    base: str, size: int, *, pack: str = "dlib-resnet-v1@1", reads: int = 30, timeout: float = 20
+) -> None:
+    """Until every process behind `base` holds `size` shoppers: each /readyz answer comes from
+    whichever worker took the connection, so wait for many answers in a row to agree."""
+    deadline, agreeing = time.monotonic() + timeout, 0
+    while agreeing < reads:
+        assert time.monotonic() < deadline, f"the gallery never reached {size} in every process"
+        agreeing = agreeing + 1 if http("GET", f"{base}/readyz")[1]["gallery"][pack] == size else 0
+        time.sleep(0.01)
+
+
 def register_kiosk_http(env: dict[str, str], base: str, name: str = "till-1") -> SigningKiosk:
     """Add a kiosk with the CLI and register a fresh key pair with its pairing code."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
