@@ -45,6 +45,7 @@ class Settings:
     authorization_ttl_s: int = 3600  # an uncaptured authorization expires after this
     idempotency_ttl_h: int = 24  # idempotency keys are kept at least this long
     idempotency_lease_s: float = 10.0  # a retry may take over a claim its owner left this long
+    log_format: str = "text"  # "json": one JSON object per line (server.observability)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,6 +96,7 @@ _ENV_NAMES = {
     "authorization_ttl_s": "FACEPAY_AUTHORIZATION_TTL_S",
     "idempotency_ttl_h": "FACEPAY_IDEMPOTENCY_TTL_H",
     "idempotency_lease_s": "FACEPAY_IDEMPOTENCY_LEASE_S",
+    "log_format": "FACEPAY_LOG_FORMAT",
 }
 
 

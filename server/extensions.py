@@ -1,4 +1,4 @@
-"""Per-application services (database, keys, gallery), attached with `init_app` and found
+"""Per-application services (database, keys, gallery, metrics), attached with `init_app` and found
 through `services()` inside a request or an app context."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from server.config import ConfigError, Settings
 from server.db import make_engine, make_session_factory
 from server.keys import InstanceKeys, load_keys
 from server.matching.service import FeedFollower, Gallery
+from server.observability import LOG_FORMATS, Metrics
+from server.observability import init_app as init_observability
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class Services:
     sessions: sessionmaker[Session]
     keys: InstanceKeys
     gallery: Gallery
+    metrics: Metrics
     follower: FeedFollower | None = field(default=None)
 
     def start(self) -> None:
@@ -49,16 +52,20 @@ class Services:
 def init_app(app: Flask, settings: Settings) -> Services:
     if settings.is_production and not settings.secret_key:
         raise ConfigError("production mode needs FACEPAY_SECRET_KEY")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError("FACEPAY_LOG_FORMAT must be text or json")
     settings.instance.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
     app.secret_key = settings.secret_key or _development_secret(settings)
     engine = make_engine(settings.database)
+    gallery = Gallery(settings, keys.masters, keys.key_store)
     services = Services(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
         keys=keys,
-        gallery=Gallery(settings, keys.masters, keys.key_store),
+        gallery=gallery,
+        metrics=init_observability(app, gallery),
     )
     app.extensions["facepay"] = services
     return services

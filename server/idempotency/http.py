@@ -29,5 +29,6 @@ def respond_once(
     )
     response = json_response(outcome.status, outcome.body)
     if outcome.replayed:
+        svc.metrics.replays.inc()
         response.headers["Idempotent-Replayed"] = "true"
     return response

@@ -333,6 +333,9 @@ class Gallery:
         self, pack: str, probe: npt.NDArray[np.float32], restrict_to: Collection[str] | None = None
     ) -> Decision:
         """Top-2 search and the decision (match, no match, step-up). Scores stay in here."""
+        from server.observability import observe_match  # counts and timings only
+
+        started = time.perf_counter()
         policy = self.packs[pack]
         index = self._indexes[pack]
         restricted = restrict_to is not None
@@ -347,7 +350,7 @@ class Gallery:
         if passed:
             strictest = max(passed, key=lambda p: p.threshold)
             threshold, fmr = strictest.threshold, strictest.fmr
-        return decide(
+        decision = decide(
             candidates,
             threshold=threshold,
             margin=self._settings.match_margin,
@@ -356,6 +359,8 @@ class Gallery:
             target_fpir=self._settings.target_fpir,
             restricted=restricted,
         )
+        observe_match(self, pack, time.perf_counter() - started, decision)
+        return decision
 
 
 def notify(session: Session) -> None:
