@@ -29,6 +29,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     app.config["FACEPAY"] = settings
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
     app.config["SYNC_LOCAL_SPEC"] = False
+    # The console and the shopper pages use a signed session cookie; the JSON API does not.
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.is_production,
+        PERMANENT_SESSION_LIFETIME=settings.session_hours * 3600,
+    )
     app.info = {
         "description": "Pay by face with privacy first: sealed templates, consent, audit.",
         "license": {"name": "Apache-2.0"},
@@ -53,7 +60,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
     }
     errors.register_error_handlers(app)
     extensions.init_app(app, settings)
-    for blueprint in (health_bp, kiosks_bp, consent_bp, enrollment_bp, payments_bp, privacy_bp):
+    api_blueprints = (health_bp, kiosks_bp, consent_bp, enrollment_bp, payments_bp, privacy_bp)
+    for blueprint in api_blueprints:
+        # Kiosk requests carry a signature, not a cookie: CSRF tokens are for the HTML forms.
+        extensions.csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
     return app
 

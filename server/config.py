@@ -46,6 +46,17 @@ class Settings:
     idempotency_ttl_h: int = 24  # idempotency keys are kept at least this long
     idempotency_lease_s: float = 10.0  # a retry may take over a claim its owner left this long
     log_format: str = "text"  # "json": one JSON object per line (server.observability)
+    # Privacy operations. Shoppers with no activity for this many days are purged (BIPA's
+    # ceiling is three years); one-time codes for web deletion and export.
+    retention_days: int = 365
+    code_ttl_s: int = 600
+    code_tries: int = 5
+    smtp_url: str = ""  # smtp[s]://user:password@host:port; empty: codes go to <instance>/outbox
+    mail_from: str = "facepay <privacy@localhost>"
+    # Console sign-in: this many failures in a row lock the operator out for lockout_s.
+    login_tries: int = 5
+    lockout_s: int = 900
+    session_hours: int = 8
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,6 +108,14 @@ _ENV_NAMES = {
     "idempotency_ttl_h": "FACEPAY_IDEMPOTENCY_TTL_H",
     "idempotency_lease_s": "FACEPAY_IDEMPOTENCY_LEASE_S",
     "log_format": "FACEPAY_LOG_FORMAT",
+    "retention_days": "FACEPAY_RETENTION_DAYS",
+    "code_ttl_s": "FACEPAY_CODE_TTL_S",
+    "code_tries": "FACEPAY_CODE_TRIES",
+    "smtp_url": "FACEPAY_SMTP_URL",
+    "mail_from": "FACEPAY_MAIL_FROM",
+    "login_tries": "FACEPAY_LOGIN_TRIES",
+    "lockout_s": "FACEPAY_LOCKOUT_S",
+    "session_hours": "FACEPAY_SESSION_HOURS",
 }
 
 
@@ -117,13 +136,13 @@ def load_settings(
     settings = replace(Settings(), **values)
     if settings.mode not in ("development", "production"):
         raise ConfigError("FACEPAY_ENV must be development or production")
-    _check_payment_settings(settings)
+    _check_ranges(settings)
     if not settings.instance.is_absolute():
         settings = replace(settings, instance=settings.instance.resolve())
     return settings
 
 
-def _check_payment_settings(settings: Settings) -> None:
+def _check_ranges(settings: Settings) -> None:
     if not settings.accepted_currencies or not all(
         re.fullmatch(r"[A-Z]{3}", code) for code in settings.accepted_currencies
     ):
@@ -144,6 +163,11 @@ def _check_payment_settings(settings: Settings) -> None:
         raise ConfigError("idempotency keys are kept at least 24 hours")
     if settings.step_up_above < 0:
         raise ConfigError("setting step_up_above must not be negative")
+    for name in ("code_ttl_s", "code_tries", "login_tries", "lockout_s", "session_hours"):
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"setting {name} must be positive")
+    if not 1 <= settings.retention_days <= 3 * 365:
+        raise ConfigError("FACEPAY_RETENTION_DAYS must be between 1 and 1095 (three years)")
 
 
 def _convert(name: str, kind: str, raw: Any) -> Any:

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +20,10 @@ from server.observability import LOG_FORMATS, Metrics
 from server.observability import init_app as init_observability
 
 logger = logging.getLogger(__name__)
+
+# Every form the server renders (console, shopper pages) carries a token; a POST without it
+# is refused. The kiosk API blueprints are exempted in create_app.
+csrf = CSRFProtect()
 
 
 @dataclass
@@ -57,6 +62,7 @@ def init_app(app: Flask, settings: Settings) -> Services:
     settings.instance.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
     app.secret_key = settings.secret_key or _development_secret(settings)
+    csrf.init_app(app)
     engine = make_engine(settings.database)
     gallery = Gallery(settings, keys.masters, keys.key_store)
     services = Services(

@@ -48,6 +48,12 @@ class InstanceKeys:
             self.phone_key, b"facepay-phone-last4\x00" + last4.encode(), hashlib.sha256
         ).hexdigest()
 
+    def contact_hash(self, purpose: str, value: str) -> str:
+        """Keyed hash for one-time codes and the emails they were sent to (never kept plain)."""
+        return hmac.new(
+            self.phone_key, f"facepay-{purpose}\x00{value}".encode(), hashlib.sha256
+        ).hexdigest()
+
 
 def key_paths(settings: Settings) -> dict[str, Path]:
     keys = settings.keys_dir

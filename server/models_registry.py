@@ -10,6 +10,7 @@ from server.idempotency import models as idempotency_models
 from server.kiosks import models as kiosk_models
 from server.ledger import models as ledger_models
 from server.matching import models as matching_models
+from server.operators import models as operator_models
 from server.payments import models as payment_models
 from server.privacy import models as privacy_models
 from server.shoppers import models as shopper_models
@@ -25,6 +26,7 @@ __all__ = [
     "ledger_models",
     "matching_models",
     "metadata",
+    "operator_models",
     "payment_models",
     "privacy_models",
     "shopper_models",

@@ -23,3 +23,20 @@ class Deletion(Base):
     templates_deleted: Mapped[int]
     requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     done_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class OneTimeCode(Base):
+    """A code sent to a shopper's email to confirm a deletion or an export on the web.
+
+    Only keyed hashes are kept: of the email (to find the request) and of the code."""
+
+    __tablename__ = "one_time_codes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # delete, export
+    code_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]

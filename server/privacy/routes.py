@@ -70,9 +70,5 @@ def delete_at_kiosk(headers: dict[str, Any], body: dict[str, Any]) -> Response:
         return 200, answer
 
     response = respond_once(headers, body, work)
-    for shopper_id in deleted:  # committed: now the key goes, and this process's index entry
-        service.shred_key(svc.keys, shopper_id)
-        with svc.sessions() as session:
-            for pack in svc.gallery.packs:
-                svc.gallery.apply_local(session, "remove_shopper", shopper_id, pack)
+    service.finish_deletions(svc, deleted)  # committed: now the key goes, and the index entry
     return response

@@ -5,23 +5,32 @@ longer lead to any biometric."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from server.audit.models import AuditRecord
 from server.audit.service import record_event
-from server.consent.models import Consent
+from server.consent.models import Consent, PolicyText, PolicyVersion
 from server.crypto import KeyStoreError
 from server.db import utcnow
-from server.enrollment.models import Template
+from server.enrollment.models import Enrollment, Template
 from server.errors import ProblemError
 from server.keys import InstanceKeys
+from server.ledger.models import Account, Transfer
 from server.matching.service import record_change
+from server.payments.models import Payment
 from server.privacy.models import Deletion
 from server.shoppers.models import Shopper
+
+if TYPE_CHECKING:
+    from server.extensions import Services
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +121,149 @@ def shred_key(keys: InstanceKeys, shopper_id: str) -> bool:
     except KeyStoreError as exc:
         logger.error("deletion: the data key could not be destroyed yet: %s", type(exc).__name__)
         return False
+
+
+def finish_deletions(svc: Services, shopper_ids: Iterable[str]) -> None:
+    """After the deletion's transaction committed: destroy each data key and drop the shopper
+    from this process's index at once (other processes follow the change feed)."""
+    for shopper_id in shopper_ids:
+        shred_key(svc.keys, shopper_id)
+        with svc.sessions() as session:
+            for pack in svc.gallery.packs:
+                svc.gallery.apply_local(session, "remove_shopper", shopper_id, pack)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def export_shopper(session: Session, shopper_id: str) -> dict[str, Any]:
+    """Everything held about one shopper, as JSON-ready data: profile, consents with the notice
+    text agreed to, enrollments (never template bytes), payments, ledger transfers of their
+    wallet, deletion receipts and the audit events about them. Nothing about anyone else."""
+    shopper = session.get(Shopper, shopper_id)
+    if shopper is None:
+        raise ShopperNotFound("no shopper with this id")
+    consents = []
+    for consent in session.scalars(
+        select(Consent).where(Consent.shopper_id == shopper_id).order_by(Consent.signed_at)
+    ):
+        version = session.get(PolicyVersion, consent.policy_version)
+        text = session.scalar(
+            select(PolicyText.text).where(
+                PolicyText.version == consent.policy_version, PolicyText.locale == consent.locale
+            )
+        )
+        consents.append(
+            {
+                "id": consent.id,
+                "policy_version": consent.policy_version,
+                "locale": consent.locale,
+                "notice_sha256": consent.text_sha256,
+                "notice_text": text,
+                "purpose": version.purpose if version else None,
+                "retention_days": version.retention_days if version else None,
+                "signature_name": consent.signature_name,
+                "signed_at": _iso(consent.signed_at),
+                "kiosk_id": consent.kiosk_id,
+                "withdrawn_at": _iso(consent.withdrawn_at),
+            }
+        )
+    enrollments = [
+        {
+            "id": row.id,
+            "consent_id": row.consent_id,
+            "kiosk_id": row.kiosk_id,
+            "pack": row.pack,
+            "template_count": row.template_count,
+            "created_at": _iso(row.created_at),
+        }
+        for row in session.scalars(
+            select(Enrollment)
+            .where(Enrollment.shopper_id == shopper_id)
+            .order_by(Enrollment.created_at)
+        )
+    ]
+    templates_held = session.scalar(
+        select(func.count()).select_from(Template).where(Template.shopper_id == shopper_id)
+    )
+    payments = [
+        {
+            "id": row.id,
+            "store": row.store,
+            "kiosk_id": row.kiosk_id,
+            "amount": row.amount,
+            "currency": row.currency,
+            "state": row.state,
+            "decline_code": row.decline_code,
+            "captured_amount": row.captured_amount,
+            "refunded_amount": row.refunded_amount,
+            "stepped_up": row.stepped_up,
+            "created_at": _iso(row.created_at),
+        }
+        for row in session.scalars(
+            select(Payment).where(Payment.shopper_id == shopper_id).order_by(Payment.created_at)
+        )
+    ]
+    wallets = list(
+        session.scalars(
+            select(Account).where(Account.kind == "wallet", Account.owner == shopper_id)
+        )
+    )
+    wallet_ids = [wallet.id for wallet in wallets]
+    transfers = [
+        {
+            "id": row.id,
+            "kind": row.kind,
+            "direction": "debit" if row.debit_account in wallet_ids else "credit",
+            "amount": row.amount,
+            "currency": row.currency,
+            "payment_id": row.payment_id,
+            "created_at": _iso(row.created_at),
+        }
+        for row in session.scalars(
+            select(Transfer)
+            .where(
+                (Transfer.debit_account.in_(wallet_ids)) | (Transfer.credit_account.in_(wallet_ids))
+            )
+            .order_by(Transfer.created_at)
+        )
+    ]
+    deletions = [
+        {"request_id": row.id, "via": row.via, "done_at": _iso(row.done_at)}
+        for row in session.scalars(select(Deletion).where(Deletion.shopper_id == shopper_id))
+    ]
+    audit = [
+        json.loads(row.record)
+        for row in session.scalars(
+            select(AuditRecord).where(AuditRecord.subject == shopper_id).order_by(AuditRecord.seq)
+        )
+    ]
+    return {
+        "shopper": {
+            "id": shopper.id,
+            "full_name": shopper.full_name,
+            "email": shopper.email,
+            "phone": shopper.phone,
+            "status": shopper.status,
+            "created_at": _iso(shopper.created_at),
+            "last_activity_at": _iso(shopper.last_activity_at),
+            "deleted_at": _iso(shopper.deleted_at),
+        },
+        "consents": consents,
+        "enrollments": enrollments,
+        "templates_held": int(templates_held or 0),
+        "payments": payments,
+        "wallets": [
+            {
+                "id": wallet.id,
+                "currency": wallet.currency,
+                "balance": wallet.credits_posted - wallet.debits_posted,
+                "held": wallet.debits_held,
+            }
+            for wallet in wallets
+        ],
+        "transfers": transfers,
+        "deletions": deletions,
+        "audit_events": audit,
+    }
