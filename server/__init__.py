@@ -24,7 +24,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
 
     settings = load_settings(config)
     app = APIFlask(
-        __name__, title=API_TITLE, version=API_VERSION, instance_path=str(settings.instance)
+        __name__,
+        title=API_TITLE,
+        version=API_VERSION,
+        instance_path=str(settings.instance),
+        template_folder="web/templates",  # console/ and shopper/ pages share layout.html
+        static_folder="web/static",
     )
     app.config["FACEPAY"] = settings
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
