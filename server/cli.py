@@ -417,6 +417,58 @@ def payments_expire(as_json: bool) -> None:
     )
 
 
+@server_group.command("purge")
+@click.option("--dry-run", is_flag=True, help="Only list the shoppers the purge would delete.")
+@json_option
+def purge(dry_run: bool, as_json: bool) -> None:
+    """Delete shoppers inactive for FACEPAY_RETENTION_DAYS and pending data past its limits,
+    with an audit record. Run it daily (deploy/server/facepay-purge.timer) or by hand."""
+    from server.privacy.retention import purge as run_purge
+
+    with _app() as svc:
+        report = run_purge(svc.sessions, svc.keys, svc.settings, dry_run=dry_run)
+    data = report.as_dict()
+    if dry_run:
+        data["shoppers"] = report.inactive_shoppers
+        text = (
+            f"would delete {len(report.inactive_shoppers)} shoppers inactive since {report.cutoff}"
+        )
+    else:
+        cleared = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items()))
+        text = (
+            f"deleted {len(report.inactive_shoppers)} shoppers inactive since {report.cutoff}; "
+            f"cleared {cleared}"
+        )
+    _emit(as_json, data, text)
+
+
+@server_group.group("keys")
+def keys_group() -> None:
+    """The instance's own keys (master, audit, phone, sealing) and the shopper key store."""
+
+
+@keys_group.command("generate")
+@json_option
+def keys_generate(as_json: bool) -> None:
+    """Create whichever keys do not exist yet, where the FACEPAY_*_KEY_FILE and
+    FACEPAY_KEY_STORE settings say (0600 files); never overwrites a key."""
+    from server.config import load_settings
+    from server.keys import generate_missing, key_paths
+
+    paths = key_paths(load_settings())
+    created = generate_missing(paths)
+    data = {"created": created, "paths": {name: str(path) for name, path in paths.items()}}
+    kept = [name for name in paths if name not in created]
+    _emit(
+        as_json,
+        data,
+        "\n".join(
+            [f"created {name}: {paths[name]}" for name in created]
+            + [f"kept {name}: {paths[name]} (exists)" for name in kept]
+        ),
+    )
+
+
 @server_group.command("openapi")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path))
 def openapi(output: Path | None) -> None:

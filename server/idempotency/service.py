@@ -30,7 +30,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.db import transaction, utcnow
+from server.db import deleted_rows, transaction, utcnow
 from server.errors import ProblemError, error_document
 from server.idempotency.models import IdempotencyKey
 
@@ -229,8 +229,7 @@ def _stored(record: IdempotencyKey) -> Outcome:
 def prune(session: Session, *, keep_hours: int) -> int:
     """Forget keys older than `keep_hours` (at least 24 by the settings); returns how many."""
     cutoff = utcnow() - dt.timedelta(hours=keep_hours)
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return deleted_rows(session, delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
 
 
 def now_and_then(chance: int) -> bool:

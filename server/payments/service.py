@@ -281,6 +281,7 @@ def _settle(
         payment.state = AUTHORIZED
         payment.expires_at = now + dt.timedelta(seconds=settings.authorization_ttl_s)
     payment.decline_code = None
+    shopper.last_activity_at = now  # the retention clock starts again
     return shopper.masked_label, wallet.available
 
 

@@ -190,12 +190,28 @@ def test_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
-def test_expiry_timer_runs_the_sweep() -> None:
+@pytest.mark.parametrize(
+    ("unit", "command", "calendar"),
+    [
+        ("facepay-expire", "facepay server payments expire", "hourly"),
+        ("facepay-purge", "facepay server purge", "*-*-* 03:30:00"),
+    ],
+)
+def test_timers_run_their_jobs(unit: str, command: str, calendar: str) -> None:
+    from click.testing import CliRunner
+
+    from server.cli import server_group
+
     service, timer = configparser.ConfigParser(), configparser.ConfigParser()
-    service.read(DEPLOY / "facepay-expire.service")
-    timer.read(DEPLOY / "facepay-expire.timer")
+    service.read(DEPLOY / f"{unit}.service")
+    timer.read(DEPLOY / f"{unit}.timer")
     assert service["Service"]["Type"] == "oneshot"
-    assert "facepay server payments expire" in service["Service"]["ExecStart"]
-    assert timer["Timer"]["OnCalendar"] == "hourly"
+    exec_start = service["Service"]["ExecStart"]
+    assert f"{command} --json" in exec_start
+    assert timer["Timer"]["OnCalendar"] == calendar
     assert timer["Timer"]["Persistent"] == "true"
     assert timer["Install"]["WantedBy"] == "timers.target"
+    # The command the unit runs exists and takes --json.
+    words = [*exec_start.split(command, 1)[1].split(), "--help"]
+    found = CliRunner().invoke(server_group, command.split()[2:] + words)
+    assert found.exit_code == 0 and "--json" in found.output, found.output
