@@ -68,6 +68,15 @@ class GalleryUnavailable(RuntimeError):
     """The gallery cannot be searched (the key store is unreachable): refuse, never guess."""
 
 
+# A shopper active in the database without a data key: the usual cause is a database restored
+# from a backup taken before their deletion. The gallery still refuses to start (fail closed),
+# but says how to finish those deletions.
+_KEY_MISSING = (
+    "an active shopper has no data key (deleted after this database was backed up?); "
+    "`facepay server purge` finishes such deletions"
+)
+
+
 @dataclass(frozen=True)
 class PackPolicy:
     manifest: PackManifest
@@ -201,6 +210,8 @@ class Gallery:
                 }
             if not records.keys() >= shopper_ids:  # dict_keys: no copy of the key store
                 raise KeyNotFoundError("no wrapped key for this shopper")
+        except KeyNotFoundError as exc:
+            raise GalleryUnavailable(_KEY_MISSING) from exc
         except KeyStoreError as exc:
             raise GalleryUnavailable("the shopper key store cannot be read") from exc
         return {shopper_id: records[shopper_id] for shopper_id in shopper_ids}
@@ -209,6 +220,8 @@ class Gallery:
     def _chunk_result(future: Future[ChunkResult]) -> ChunkResult:
         try:
             return future.result()
+        except KeyNotFoundError as exc:
+            raise GalleryUnavailable(_KEY_MISSING) from exc
         except KeyStoreError as exc:  # a malformed key record, found by a worker
             raise GalleryUnavailable("the shopper key store cannot be read") from exc
 

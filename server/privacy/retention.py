@@ -5,7 +5,9 @@ activity for `FACEPAY_RETENTION_DAYS` exactly as a deletion request would (templ
 data key; a tombstone and an audit record stay), and clears pending data past its limits:
 expired authorizations and step-up challenges (their held probes), used or expired one-time
 codes and the development mails that carried them, idempotency keys and request nonces past
-their time, and data keys left in the key store without a living shopper.
+their time, and data keys left in the key store without a living shopper. After a database is
+restored from a backup older than some deletions, it finishes those deletions: shoppers whose
+data key is gone.
 """
 
 from __future__ import annotations
@@ -83,21 +85,18 @@ def purge(
     cutoff = now - dt.timedelta(days=settings.retention_days)
     report = PurgeReport(cutoff.isoformat(), settings.retention_days, dry_run=dry_run)
     with sessions() as session:
-        inactive = inactive_shoppers(session, cutoff)
+        keyless = keyless_shoppers(session, keys)
+        finishing = set(keyless)
+        inactive = [s for s in inactive_shoppers(session, cutoff) if s not in finishing]
     if dry_run:
         report.inactive_shoppers = inactive
+        report.counts["deletions_finished"] = len(keyless)
         return report
 
-    for start in range(0, len(inactive), BATCH):
-        batch = inactive[start : start + BATCH]
-        with transaction(sessions) as session:
-            for shopper_id in batch:
-                delete_shopper(
-                    session, shopper_id=shopper_id, keys=keys, via="retention", actor="purge"
-                )
-        for shopper_id in batch:  # after the commit, as for any deletion
-            shred_key(keys, shopper_id)
-        report.inactive_shoppers.extend(batch)
+    _delete_in_batches(sessions, keys, keyless, via="key_destroyed")
+    report.counts["deletions_finished"] = len(keyless)
+    _delete_in_batches(sessions, keys, inactive, via="retention")
+    report.inactive_shoppers = inactive
 
     with transaction(sessions) as session:
         swept = payments.sweep(session, keys, now)
@@ -125,6 +124,33 @@ def purge(
         )
     logger.info("purge: %s", report.as_dict())
     return report
+
+
+def keyless_shoppers(session: Session, keys: InstanceKeys) -> list[str]:
+    """Shoppers not deleted whose data key is gone: a database restored from a backup taken
+    before their deletion. Their templates cannot be opened any more; the purge finishes the
+    deletion in the database too. (A new enrollment writes its key before it commits, so a
+    committed shopper without a key is never one still being enrolled.)"""
+    held = set(keys.key_store.shopper_ids())
+    return [
+        shopper_id
+        for shopper_id in session.scalars(
+            select(Shopper.id).where(Shopper.status != DELETED).order_by(Shopper.id)
+        )
+        if shopper_id not in held
+    ]
+
+
+def _delete_in_batches(
+    sessions: sessionmaker[Session], keys: InstanceKeys, shopper_ids: list[str], *, via: str
+) -> None:
+    for start in range(0, len(shopper_ids), BATCH):
+        batch = shopper_ids[start : start + BATCH]
+        with transaction(sessions) as session:
+            for shopper_id in batch:
+                delete_shopper(session, shopper_id=shopper_id, keys=keys, via=via, actor="purge")
+        for shopper_id in batch:  # after the commit, as for any deletion
+            shred_key(keys, shopper_id)
 
 
 def _prune_outbox(settings: Settings, now: dt.datetime) -> int:

@@ -5,11 +5,17 @@ taken before cannot be opened afterwards."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -17,7 +23,9 @@ from server.audit import service as audit
 from server.crypto import KeyNotFoundError, open_, template_associated_data, unwrap_data_key
 from server.enrollment.models import Template
 from server.ledger import service as ledger
+from server.matching.service import GalleryUnavailable
 from server.privacy.models import Deletion
+from server.privacy.retention import purge
 from server.shoppers.models import Shopper
 from tests.support.kiosk import SigningKiosk
 from tests.support.payments import SyntheticFace, new_key
@@ -130,3 +138,94 @@ def test_a_backup_taken_before_deletion_cannot_be_opened_after(
     assert len(backup) == 3  # the old copy still holds the ciphertexts…
     with pytest.raises(KeyNotFoundError):  # …but the key that opened them is gone
         svc.keys.key_store.get(marie_id)
+
+
+@contextmanager
+def database_backup(url: str, folder: Path) -> Iterator[Callable[[], str]]:
+    """Take a real backup of the main database now (SQLite's online backup, or pg_dump); the
+    function it yields restores it as a new database and returns that database's URL."""
+    if url.startswith("sqlite"):
+        copy = folder / "backup.db"
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as live, sqlite3.connect(copy) as kept:
+            live.backup(kept)
+        yield lambda: f"sqlite:///{copy}"
+        return
+    live = sa.make_url(url)
+    libpq = live.set(drivername="postgresql").render_as_string(hide_password=False)
+    dump = folder / "backup.dump"
+    subprocess.run(["pg_dump", "--format=custom", f"--file={dump}", libpq], check=True)
+    restored = live.set(database=f"{live.database}_restored")
+    admin = sa.create_engine(live.set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def restore() -> str:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{restored.database}"'))
+        target = restored.set(drivername="postgresql").render_as_string(hide_password=False)
+        subprocess.run(["pg_restore", "--no-owner", f"--dbname={target}", str(dump)], check=True)
+        return restored.render_as_string(hide_password=False)
+
+    try:
+        yield restore
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                sa.text(f'DROP DATABASE IF EXISTS "{restored.database}" WITH (FORCE)')
+            )
+        admin.dispose()
+
+
+def test_a_restored_backup_cannot_bring_a_deleted_shopper_back(
+    app: Any, app_config: dict[str, Any], client: FlaskClient, kiosk: SigningKiosk, tmp_path: Path
+) -> None:
+    """A real backup of the main database, taken before the deletion and put back in service
+    afterwards with the same keys: the deleted shopper's templates cannot be opened, the server
+    refuses to start until the purge finishes the deletion, and then the face is declined
+    while the others still pay."""
+    from server import create_app
+
+    rng = np.random.default_rng(25)
+    marie, paul = SyntheticFace(rng), SyntheticFace(rng)
+    marie_id = enroll(client, kiosk, marie)
+    enroll(client, kiosk, paul, name="Paul Roy", phone="+1 514 555 9876")
+    with database_backup(app_config["database_url"], tmp_path) as restore:
+        assert delete_me(client, kiosk, marie, "0142").get_json()["status"] == "deleted"
+        restored = create_app({**app_config, "database_url": restore()})
+        restored.config["TESTING"] = True
+        svc = restored.extensions["facepay"]
+        try:
+            check_restored_copy(restored, kiosk, marie, paul, marie_id)
+        finally:
+            svc.stop()
+
+
+def check_restored_copy(
+    restored: Any,
+    kiosk: SigningKiosk,
+    marie: SyntheticFace,
+    paul: SyntheticFace,
+    marie_id: str,
+) -> None:
+    svc = restored.extensions["facepay"]
+    with svc.sessions() as session:
+        shopper = session.get(Shopper, marie_id)
+        assert shopper is not None and shopper.status == "active"  # the old copy…
+        rows = session.scalars(select(Template.id).where(Template.shopper_id == marie_id)).all()
+    assert len(rows) == 3
+    with pytest.raises(KeyNotFoundError):  # …whose key is gone
+        svc.keys.key_store.get(marie_id)
+    with pytest.raises(GalleryUnavailable, match="facepay server purge"), restored.app_context():
+        svc.start()
+
+    report = purge(svc.sessions, svc.keys, svc.settings, orphan_grace_s=0)
+    assert report.counts["deletions_finished"] == 1
+    with svc.sessions() as session:
+        shopper = session.get(Shopper, marie_id)
+        assert shopper is not None and shopper.status == "deleted"
+        assert session.scalars(select(Template).where(Template.shopper_id == marie_id)).all() == []
+        assert audit.verify(session, svc.keys.audit_key).ok
+    with restored.app_context():
+        svc.start()
+    restored_client = restored.test_client()
+    declined = pay(restored_client, kiosk, marie, 500).get_json()
+    assert (declined["status"], declined["decline_code"]) == ("declined", "no_match")
+    assert pay(restored_client, kiosk, paul, 500).get_json()["status"] == "approved"
