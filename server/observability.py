@@ -13,9 +13,11 @@ that many apps can live in one process, as they do in tests):
 - ``facepay_http_requests_total`` (counter; labels ``method``, ``route``: the URL rule, not
   the path, so no payment id reaches a label; ``status``).
 
-Under gunicorn every worker process has its own registry, so a scrape sees the worker that
-answered it: per-process figures (the gallery gauge is per process by nature). Aggregating
-workers (prometheus_client's multiprocess mode, or a scrape per worker) is left for later.
+Under gunicorn every worker process has its own registry. With PROMETHEUS_MULTIPROC_DIR set
+(the container sets it; server.gunicorn_conf empties it when gunicorn starts), prometheus_client
+writes every worker's counters and histograms to files there and a scrape, whichever worker
+answers it, sums them over all workers. The gallery gauge is always the answering worker's own
+(every worker loads the same gallery). Without the variable, figures are per process.
 
 Each request gets an id, from a sane incoming `X-Request-Id` header or freshly made, echoed in
 the response's `X-Request-Id` header and added to log records by `JsonFormatter`.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import sys
 import uuid
@@ -85,6 +88,9 @@ class Metrics:
     """One application's metrics, in a registry of its own."""
 
     def __init__(self, gallery: Gallery) -> None:
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:  # a command-line tool run with the server's environment needs it too
+            os.makedirs(folder, mode=0o700, exist_ok=True)
         self.registry = CollectorRegistry(auto_describe=True)
         self.match_seconds = Histogram(
             "facepay_match_seconds",
@@ -110,14 +116,25 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
-        self.registry.register(_GallerySizes(gallery))
+        self._gallery_sizes = _GallerySizes(gallery)
+        self.registry.register(self._gallery_sizes)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The metrics in the format the `Accept` header asks for, and its content type."""
         from prometheus_client.exposition import choose_encoder
 
         encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        return encoder(self._scraped()), content_type
+
+    def _scraped(self) -> CollectorRegistry:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        from prometheus_client import multiprocess
+
+        summed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(summed)  # type: ignore[no-untyped-call]
+        summed.register(self._gallery_sizes)
+        return summed
 
 
 # The gallery does not know about Flask or metrics: `observe_match` finds its metrics here.

@@ -133,6 +133,8 @@ class Gunicorn:
                     sys.executable,
                     "-m",
                     "gunicorn",
+                    "-c",
+                    "python:server.gunicorn_conf",
                     "--workers",
                     str(self.workers),
                     "--bind",
