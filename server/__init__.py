@@ -32,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         static_folder="web/static",
     )
     app.config["FACEPAY"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SYNC_LOCAL_SPEC"] = False
     # The console and the shopper pages use a signed session cookie; the JSON API does not.
     app.config.update(
@@ -46,7 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         "license": {"name": "Apache-2.0"},
     }
 
-    from server import errors, extensions
+    from server import errors, extensions, ratelimit
     from server.consent.routes import bp as consent_bp
     from server.enrollment.routes import bp as enrollment_bp
     from server.health.routes import bp as health_bp
@@ -64,12 +64,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         }
     }
     errors.register_error_handlers(app)
+    app.before_request(errors.refuse_deep_json)
     extensions.init_app(app, settings)
     api_blueprints = (health_bp, kiosks_bp, consent_bp, enrollment_bp, payments_bp, privacy_bp)
     for blueprint in api_blueprints:
         # Kiosk requests carry a signature, not a cookie: CSRF tokens are for the HTML forms.
         extensions.csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
+    ratelimit.init_app(app, settings, (kiosks_bp, enrollment_bp, payments_bp, privacy_bp))
     return app
 
 

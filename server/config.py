@@ -57,6 +57,10 @@ class Settings:
     login_tries: int = 5
     lockout_s: int = 900
     session_hours: int = 8
+    # Hostile clients: the largest request body accepted (413 above it), and the request rate
+    # per kiosk (per server process; "" turns it off) in Flask-Limiter's notation.
+    max_body_bytes: int = 256 * 1024
+    kiosk_rate_limit: str = "30/second;600/minute"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,6 +120,8 @@ _ENV_NAMES = {
     "login_tries": "FACEPAY_LOGIN_TRIES",
     "lockout_s": "FACEPAY_LOCKOUT_S",
     "session_hours": "FACEPAY_SESSION_HOURS",
+    "max_body_bytes": "FACEPAY_MAX_BODY_BYTES",
+    "kiosk_rate_limit": "FACEPAY_KIOSK_RATE_LIMIT",
 }
 
 
@@ -163,6 +169,8 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("idempotency keys are kept at least 24 hours")
     if settings.step_up_above < 0:
         raise ConfigError("setting step_up_above must not be negative")
+    if not 4096 <= settings.max_body_bytes <= 16 * 1024 * 1024:
+        raise ConfigError("FACEPAY_MAX_BODY_BYTES must be between 4096 and 16777216")
     for name in ("code_ttl_s", "code_tries", "login_tries", "lockout_s", "session_hours"):
         if not getattr(settings, name) > 0:
             raise ConfigError(f"setting {name} must be positive")

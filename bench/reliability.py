@@ -1,0 +1,85 @@
+"""`make reliability`: run the adversarial suite (tests/adversarial) and rewrite
+docs/reliability.md with what it tried and how much of it was handled correctly.
+
+`--long` runs the long variants (FACEPAY_RELIABILITY_LONG=1: more cases, longer load).
+PostgreSQL cases run when the machine's server answers (as in `make test`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEADER = """# Reliability and security: the adversarial suite
+
+Written by `make reliability` (`bench/reliability.py`), which runs `tests/adversarial` and
+replaces this file. Every row is one attack or fault: the cases tried (summed over SQLite and
+PostgreSQL where a test runs on both), how many the system handled correctly (refused with a
+clear problem+json error and nothing changed, or survived the fault with no charge lost or
+doubled and the ledger and audit checks passing), and the command that reproduces it. A test
+fails unless every case it tries is handled, so the suite in `make test` keeps these figures
+true. Long variants: `FACEPAY_RELIABILITY_LONG=1` (`make reliability ARGS=--long`).
+"""
+
+
+def run(long: bool) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as folder:
+        results = Path(folder) / "results.json"
+        env = {**os.environ, "FACEPAY_RELIABILITY_RESULTS": str(results)}
+        if long:
+            env["FACEPAY_RELIABILITY_LONG"] = "1"
+        completed = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/adversarial"],
+            cwd=ROOT,
+            env=env,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise SystemExit(f"the adversarial suite failed (status {completed.returncode})")
+        loaded: dict[str, object] = json.loads(results.read_text(encoding="utf-8"))
+        return loaded
+
+
+def render(report: dict[str, object]) -> str:
+    results = report["results"]
+    assert isinstance(results, dict)
+    lines = [
+        HEADER,
+        f"Machine: {describe()}; variant: {'long' if report['long'] else 'CI (short)'}.",
+        "",
+        "| category | attack or fault | tried | handled | reproduce |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows = sorted(results.items(), key=lambda item: (item[1]["category"], item[0]))
+    for attack, entry in rows:
+        lines.append(
+            f"| {entry['category']} | {attack} | {entry['tried']} | {entry['handled']} | "
+            f"`{entry['command']}` |"
+        )
+    tried = sum(int(entry["tried"]) for entry in results.values())
+    handled = sum(int(entry["handled"]) for entry in results.values())
+    lines += ["", f"In all: {handled} of {tried} cases handled correctly.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--long", action="store_true", help="run the long variants")
+    args = parser.parse_args()
+    report = run(args.long)
+    (ROOT / "docs" / "reliability.md").write_text(render(report), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
