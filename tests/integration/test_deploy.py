@@ -122,10 +122,10 @@ def test_documented_key_generation_satisfies_production_mode(tmp_path: Path) -> 
         env[f"FACEPAY_{name}_KEY_FILE"] = str(tmp_path / "secrets" / f"{name.lower()}.key")
     env["FACEPAY_KEY_STORE"] = str(tmp_path / "keystore" / "keystore.sqlite3")
     readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
-    one_off = re.search(r'admin python -c "([^"]+)"', readme)
+    one_off = re.search(r"docker compose run --rm admin (facepay server keys generate)", readme)
     assert one_off is not None, "deploy/README.md shows how to generate the keys"
     subprocess.run(
-        [sys.executable, "-c", one_off.group(1)],
+        [sys.executable, "-m", "facepay_cli", *one_off.group(1).split()[1:]],
         env={**os.environ, **env},
         check=True,
         timeout=60,
