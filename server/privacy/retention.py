@@ -40,6 +40,7 @@ BATCH = 200
 # A data key is written just before its enrollment commits; a key is only called orphaned
 # when its shopper row is still missing this long after the key was seen.
 ORPHAN_GRACE_S = 5.0
+CODES_KEPT = dt.timedelta(days=1)
 
 
 @dataclass
@@ -105,10 +106,13 @@ def purge(
         report.counts["idempotency_keys"] = idempotency.prune(
             session, keep_hours=settings.idempotency_ttl_h
         )
+        # Kept a day after they end: the web pages count a day's codes and wrong guesses per
+        # address, and forgetting them sooner would reset those limits.
         report.counts["one_time_codes"] = deleted_rows(
             session,
             delete(OneTimeCode).where(
-                or_(OneTimeCode.expires_at <= now, OneTimeCode.used_at.is_not(None))
+                or_(OneTimeCode.expires_at <= now, OneTimeCode.used_at.is_not(None)),
+                OneTimeCode.created_at < now - CODES_KEPT,
             ),
         )
         nonce_cutoff = now - dt.timedelta(seconds=2 * settings.signature_window_s)

@@ -170,10 +170,12 @@ def test_purge_clears_pending_data_past_its_limits(
             .where(Payment.id == challenge["payment_id"])
             .values(expires_at=now - dt.timedelta(seconds=1))
         )
-        for purpose, expires, used in (
-            ("delete", now - dt.timedelta(minutes=1), None),  # expired
-            ("export", now + dt.timedelta(minutes=5), now),  # used
-            ("delete", now + dt.timedelta(minutes=5), None),  # still pending: kept
+        two_days_ago = now - dt.timedelta(days=2)
+        for purpose, created, expires, used in (
+            ("delete", two_days_ago, two_days_ago + dt.timedelta(minutes=10), None),  # expired
+            ("export", two_days_ago, two_days_ago + dt.timedelta(minutes=10), two_days_ago),
+            ("delete", now, now - dt.timedelta(minutes=1), None),  # expired today: kept a day
+            ("delete", now, now + dt.timedelta(minutes=5), None),  # still pending: kept
         ):
             session.add(
                 OneTimeCode(
@@ -181,6 +183,7 @@ def test_purge_clears_pending_data_past_its_limits(
                     email_hash="e" * 64,
                     purpose=purpose,
                     code_hash="c" * 64,
+                    created_at=created,
                     expires_at=expires,
                     used_at=used,
                 )
@@ -212,7 +215,7 @@ def test_purge_clears_pending_data_past_its_limits(
         payment = session.get(Payment, challenge["payment_id"])
         assert payment is not None and payment.sealed_probe is None
         assert (payment.state, payment.decline_code) == ("declined", "step_up_expired")
-        assert len(session.scalars(select(OneTimeCode)).all()) == 1
+        assert len(session.scalars(select(OneTimeCode)).all()) == 2
         assert session.get(RequestNonce, (kiosk.kiosk_id, "old-nonce")) is None
     answer = step_up(client, kiosk, challenge, "0142").get_json()
     assert answer.get("status") != "approved"
