@@ -72,6 +72,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         extensions.csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
     ratelimit.init_app(app, settings, (kiosks_bp, enrollment_bp, payments_bp, privacy_bp))
+    from server.console.routes import bp as console_bp
+
+    app.register_blueprint(console_bp)  # HTML forms: CSRF stays on; not in the OpenAPI document
     from server.shopper_web.routes import bp as shopper_web_bp
 
     app.register_blueprint(shopper_web_bp)  # the shopper's privacy pages: CSRF on, not in OpenAPI

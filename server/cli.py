@@ -480,3 +480,8 @@ def openapi(output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+from server.operators.cli import operator_group  # noqa: E402 (its commands import back lazily)
+
+server_group.add_command(operator_group)

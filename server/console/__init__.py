@@ -1,0 +1,1 @@
+"""The operator console: server-rendered pages for auditors, privacy officers and admins."""
