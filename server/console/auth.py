@@ -23,16 +23,18 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 SESSION_OPERATOR = "operator_id"
 SESSION_LOGIN_AT = "login_at"
+SESSION_TOKEN = "session_token"
 
 
-def sign_in(operator: Operator) -> None:
+def sign_in(operator: Operator, token: str) -> None:
     """A fresh session for this operator: nothing set before sign-in survives it (fixation),
-    and the CSRF token is new too."""
+    and the CSRF token is new too. `token` is the one `operators.open_session` made."""
     assert operator.last_login_at is not None
     session.clear()
     session.permanent = True
     session[SESSION_OPERATOR] = operator.id
     session[SESSION_LOGIN_AT] = operator.last_login_at.isoformat()
+    session[SESSION_TOKEN] = token
 
 
 def sign_out() -> None:
@@ -48,7 +50,8 @@ def current_operator() -> Operator | None:
     g.operator = None
     operator_id = session.get(SESSION_OPERATOR)
     login_at = session.get(SESSION_LOGIN_AT)
-    if not isinstance(operator_id, str) or not isinstance(login_at, str):
+    token = session.get(SESSION_TOKEN)
+    if not (isinstance(operator_id, str) and isinstance(login_at, str) and isinstance(token, str)):
         return None
     svc = services()
     with svc.sessions() as db:
@@ -61,10 +64,10 @@ def current_operator() -> Operator | None:
     except ValueError:
         sign_out()
         return None
-    # One session per operator: signing in elsewhere ends this one. And a session has a hard
-    # limit, whatever the cookie's own refreshed expiry says.
+    # One session per operator: signing in elsewhere or out ends this one, copies of its cookie
+    # included. And a session has a hard limit, whatever the cookie's own expiry says.
     expired = utcnow() - signed_in > dt.timedelta(hours=svc.settings.session_hours)
-    if signed_in != operator.last_login_at or expired:
+    if not operators.holds_session(operator, token) or expired:
         sign_out()
         return None
     g.operator = operator

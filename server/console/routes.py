@@ -122,10 +122,11 @@ def login() -> Any:
         found = operators.authenticate(
             db, svc.keys.audit_key, name=name, password=password, policy=policy
         )
-    if found is None:
+        token = operators.open_session(found) if found is not None else None
+    if found is None or token is None:
         flash(LOGIN_REFUSED, "error")
         return render_template("console/login.html", name=name), 401
-    sign_in(found)
+    sign_in(found, token)
     return redirect(url_for("console.home"))
 
 
@@ -135,7 +136,10 @@ def logout() -> Any:
     if found is not None:
         svc = services()
         with transaction(svc.sessions) as db:
-            operators.record_logout(db, svc.keys.audit_key, found)
+            signed_out = operators.get(db, found.id)
+            if signed_out is not None:
+                operators.close_session(signed_out)
+                operators.record_logout(db, svc.keys.audit_key, signed_out)
     sign_out()
     flash("Signed out.", "info")
     return redirect(url_for("console.login"))

@@ -23,4 +23,7 @@ class Operator(Base):
     locked_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[dt.datetime | None]
+    # sha256 of the open console session's token (in the signed cookie): signing out or in
+    # elsewhere replaces it, so a copied cookie stops working at once.
+    session_token_hash: Mapped[str | None] = mapped_column(String(64))
     disabled_at: Mapped[dt.datetime | None]

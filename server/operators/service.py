@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import hmac
 import logging
 import re
+import secrets
 import uuid
 from dataclasses import dataclass
 
@@ -222,6 +225,26 @@ def unlock(session: Session, audit_key: bytes, name: str, *, actor: str) -> Oper
     operator.locked_until = None
     record_event(session, audit_key, "operator.unlocked", subject=operator.id, actor=actor, data={})
     return operator
+
+
+def open_session(operator: Operator) -> str:
+    """A new console session for this operator (the only one: an earlier one ends)."""
+    token = secrets.token_urlsafe(32)
+    operator.session_token_hash = session_token_hash(token)
+    return token
+
+
+def session_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def holds_session(operator: Operator, token: str) -> bool:
+    expected = operator.session_token_hash
+    return expected is not None and hmac.compare_digest(expected, session_token_hash(token))
+
+
+def close_session(operator: Operator) -> None:
+    operator.session_token_hash = None
 
 
 def record_logout(session: Session, audit_key: bytes, operator: Operator) -> None:

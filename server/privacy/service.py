@@ -79,9 +79,13 @@ def delete_shopper(
         .where(Consent.shopper_id == shopper_id, Consent.withdrawn_at.is_(None))
         .values(withdrawn_at=now)
     )
-    # The tombstone: the id that payments and ledger entries name, without contact details.
+    # The tombstone: the id that payments and ledger entries name, without name or contact
+    # details. The consent record keeps the name typed as signature: it is the evidence that
+    # consent was given, and when it was withdrawn.
     shopper.status = DELETED
     shopper.deleted_at = now
+    shopper.full_name = ""
+    shopper.masked_label = ""
     shopper.email = ""
     shopper.phone = ""
     shopper.phone_last4_hash = ""

@@ -164,6 +164,20 @@ def test_signing_in_again_ends_the_earlier_session(app: Any, staff: dict[str, st
     assert first.get("/console/shoppers").headers["Location"] == "/console/login"
 
 
+def test_signing_out_ends_every_copy_of_the_session(app: Any, staff: dict[str, str]) -> None:
+    """Flask keeps the session in a signed cookie: a copy taken before signing out must not
+    outlive it."""
+    first = signed_in(app, OFFICER)
+    stolen = first.get_cookie("session")
+    assert stolen is not None
+    thief = app.test_client()
+    thief.set_cookie("session", stolen.value)
+    assert thief.get("/console/shoppers").status_code == 200  # the copy works while signed in
+    assert post(first, "/console/logout").status_code == 302
+    assert thief.get("/console/shoppers").headers["Location"] == "/console/login"
+    assert operator_row(app, OFFICER).session_token_hash is None
+
+
 def test_a_session_ends_with_its_hours_and_follows_role_changes(
     app: Any, staff: dict[str, str]
 ) -> None:

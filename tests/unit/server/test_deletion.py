@@ -77,7 +77,8 @@ def test_deletion_shreds_the_key_and_declines_the_face_afterwards(
     with svc.sessions() as session:
         shopper = session.get(Shopper, marie_id)
         assert shopper is not None and shopper.status == "deleted"
-        assert (shopper.email, shopper.phone, shopper.phone_last4_hash) == ("", "", "")
+        tombstone = (shopper.full_name, shopper.masked_label, shopper.email, shopper.phone)
+        assert tombstone == ("", "", "", "") and shopper.phone_last4_hash == ""
         assert session.scalars(select(Template).where(Template.shopper_id == marie_id)).all() == []
         assert session.get(Deletion, receipt["request_id"]) is not None
         assert audit.verify(session, svc.keys.audit_key).ok
