@@ -71,13 +71,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> APIFlask:
         # Kiosk requests carry a signature, not a cookie: CSRF tokens are for the HTML forms.
         extensions.csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
-    ratelimit.init_app(app, settings, (kiosks_bp, enrollment_bp, payments_bp, privacy_bp))
     from server.console.routes import bp as console_bp
 
     app.register_blueprint(console_bp)  # HTML forms: CSRF stays on; not in the OpenAPI document
     from server.shopper_web.routes import bp as shopper_web_bp
 
     app.register_blueprint(shopper_web_bp)  # the shopper's privacy pages: CSRF on, not in OpenAPI
+    ratelimit.init_app(
+        app,
+        settings,
+        kiosk_blueprints=(kiosks_bp, enrollment_bp, payments_bp, privacy_bp),
+        form_blueprints=(console_bp, shopper_web_bp),
+    )
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     return app
 
 

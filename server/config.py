@@ -61,6 +61,8 @@ class Settings:
     # per kiosk (per server process; "" turns it off) in Flask-Limiter's notation.
     max_body_bytes: int = 256 * 1024
     kiosk_rate_limit: str = "30/second;600/minute"
+    form_rate_limit: str = "20/minute;200/hour"  # POSTs per client address on the HTML forms
+    trusted_proxies: int = 0  # proxies in front whose X-Forwarded-For/-Proto are believed
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -122,6 +124,8 @@ _ENV_NAMES = {
     "session_hours": "FACEPAY_SESSION_HOURS",
     "max_body_bytes": "FACEPAY_MAX_BODY_BYTES",
     "kiosk_rate_limit": "FACEPAY_KIOSK_RATE_LIMIT",
+    "form_rate_limit": "FACEPAY_FORM_RATE_LIMIT",
+    "trusted_proxies": "FACEPAY_TRUSTED_PROXIES",
 }
 
 
@@ -169,6 +173,8 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("idempotency keys are kept at least 24 hours")
     if settings.step_up_above < 0:
         raise ConfigError("setting step_up_above must not be negative")
+    if not 0 <= settings.trusted_proxies <= 5:
+        raise ConfigError("FACEPAY_TRUSTED_PROXIES must be between 0 and 5")
     if not 4096 <= settings.max_body_bytes <= 16 * 1024 * 1024:
         raise ConfigError("FACEPAY_MAX_BODY_BYTES must be between 4096 and 16777216")
     for name in ("code_ttl_s", "code_tries", "login_tries", "lockout_s", "session_hours"):
