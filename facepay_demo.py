@@ -141,10 +141,11 @@ def running_server(env: dict[str, str], log: Path) -> Iterator[str]:
         process.wait(timeout=15)
 
 
-def facepay(env: dict[str, str], *args: str) -> str:
+def facepay(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "facepay_cli", *args],
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -153,6 +154,28 @@ def facepay(env: dict[str, str], *args: str) -> str:
     if result.returncode not in (0, 1):
         raise click.ClickException(f"facepay {' '.join(args)} failed:\n{result.stderr}")
     return result.stdout
+
+
+def console_accounts(env: dict[str, str], url: str) -> str:
+    """One operator per console role, with a fresh password each, for a person to sign in."""
+    import secrets
+
+    lines = [f"Operator console: {url}/console (a demo account per role, passwords new each run)"]
+    for role in ("auditor", "privacy_officer", "admin"):
+        name, password = f"demo-{role.replace('_', '-')}", secrets.token_urlsafe(12)
+        facepay(
+            env,
+            "server",
+            "operator",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            stdin=password + "\n",
+        )
+        lines.append(f"  {role:<16} {name:<22} {password}")
+    return "\n".join(lines)
 
 
 def money(minor: int | None) -> str:
@@ -344,8 +367,10 @@ def demo_command(keep: bool) -> None:
                 f"\n{sum(s.ok for s in steps)} of {len(steps)} as expected in {elapsed:.0f} s"
             )
             if keep:
+                click.echo(f"\nThe server stays up at {url} (instance {workdir / 'instance'}).")
+                click.echo(console_accounts(env, url))
                 click.echo(
-                    f"\nThe server stays up at {url} (instance {workdir / 'instance'}).\n"
+                    f"Shopper pages (policy, delete or export): {url}/privacy\n"
                     f"Customer screen: FACEPAY_KIOSK_HOME={workdir / 'kiosk'} "
                     "facepay kiosk run --camera 0   (then open the URL it prints)\n"
                     "Press Ctrl-C to stop."
