@@ -1,7 +1,9 @@
 """Who is signed in to the console, and what their role lets them open.
 
-The session cookie holds only the operator's id and the time they signed in; the operator is
-loaded again on every request, so a role change or a disabled account takes effect at once.
+The session cookie holds only the operator's id and the token of their open session; the
+operator is loaded again on every request, so a role change or a disabled account takes effect
+at once. How old a session is comes from the operator's row (when they last signed in), not from
+the cookie: the cookie is signed, but whoever holds the secret key could sign any time into it.
 """
 
 from __future__ import annotations
@@ -22,18 +24,15 @@ from server.operators.models import Operator
 View = TypeVar("View", bound=Callable[..., Any])
 
 SESSION_OPERATOR = "operator_id"
-SESSION_LOGIN_AT = "login_at"
 SESSION_TOKEN = "session_token"
 
 
 def sign_in(operator: Operator, token: str) -> None:
     """A fresh session for this operator: nothing set before sign-in survives it (fixation),
     and the CSRF token is new too. `token` is the one `operators.open_session` made."""
-    assert operator.last_login_at is not None
     session.clear()
     session.permanent = True
     session[SESSION_OPERATOR] = operator.id
-    session[SESSION_LOGIN_AT] = operator.last_login_at.isoformat()
     session[SESSION_TOKEN] = token
 
 
@@ -49,9 +48,8 @@ def current_operator() -> Operator | None:
         return found
     g.operator = None
     operator_id = session.get(SESSION_OPERATOR)
-    login_at = session.get(SESSION_LOGIN_AT)
     token = session.get(SESSION_TOKEN)
-    if not (isinstance(operator_id, str) and isinstance(login_at, str) and isinstance(token, str)):
+    if not (isinstance(operator_id, str) and isinstance(token, str)):
         return None
     svc = services()
     with svc.sessions() as db:
@@ -59,14 +57,11 @@ def current_operator() -> Operator | None:
     if operator is None or operator.disabled_at is not None or operator.last_login_at is None:
         sign_out()
         return None
-    try:
-        signed_in = dt.datetime.fromisoformat(login_at)
-    except ValueError:
-        sign_out()
-        return None
     # One session per operator: signing in elsewhere or out ends this one, copies of its cookie
-    # included. And a session has a hard limit, whatever the cookie's own expiry says.
-    expired = utcnow() - signed_in > dt.timedelta(hours=svc.settings.session_hours)
+    # included. And a session has a hard limit from its sign-in (the token was made then),
+    # whatever the cookie's own expiry says.
+    age = utcnow() - operator.last_login_at
+    expired = age > dt.timedelta(hours=svc.settings.session_hours)
     if not operators.holds_session(operator, token) or expired:
         sign_out()
         return None

@@ -108,7 +108,7 @@ def _error_page(status: int, code: str, message: str) -> tuple[str, int]:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    if request.method == "GET":
+    if request.method != "POST":  # GET, or the HEAD Flask adds: never the form's work
         if current_operator() is not None:
             return redirect(url_for("console.home"))
         return render_template("console/login.html", name="")
@@ -330,7 +330,7 @@ def shopper_export(shopper_id: str) -> Response:
 @allow(OFFICER)
 def shopper_delete(shopper_id: str) -> Any:
     svc = services()
-    if request.method == "GET":
+    if request.method != "POST":  # GET, or the HEAD Flask adds: never the form's work
         with svc.sessions() as db:
             summary = service.shopper_summary(db, shopper_id)
         if summary is None or summary.shopper.status == privacy.DELETED:

@@ -114,9 +114,10 @@ def kiosks(session: Session) -> list[Kiosk]:
 
 def check_kiosk_fields(name: str, store: str) -> tuple[str, str]:
     name, store = name.strip(), store.strip()
-    if not 1 <= len(name) <= 100 or not 1 <= len(store) <= 100:
+    # Printable only: PostgreSQL refuses a NUL in text, and no control character belongs here.
+    if not all(1 <= len(field) <= 100 and field.isprintable() for field in (name, store)):
         raise ProblemError(
-            "a kiosk needs a name and a store, each at most 100 characters",
+            "a kiosk needs a name and a store, each 1 to 100 printable characters",
             code="kiosk_invalid",
             status=422,
         )
@@ -142,6 +143,8 @@ def search_shoppers(
 def find_shoppers(session: Session, query: str) -> tuple[str, list[Shopper]]:
     """Shoppers whose id or email is exactly `query`: ("id" | "email" | "", matches)."""
     query = query.strip()
+    if not query.isprintable():  # no address or id holds a control character (or a NUL,
+        return "", []  # which PostgreSQL refuses in a query)
     try:
         shopper_id = str(uuid.UUID(query))
     except ValueError:

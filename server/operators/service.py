@@ -202,7 +202,8 @@ def _failed(session: Session, audit_key: bytes, operator: Operator | None, reaso
 
 
 def _existing(session: Session, name: str) -> Operator:
-    operator = by_name(session, name, for_update=True)
+    # Not a name an operator can have (from a URL, say): nothing to look up.
+    operator = by_name(session, name, for_update=True) if _NAME.fullmatch(name) else None
     if operator is None:
         raise OperatorNotFound("no operator has this name")
     return operator

@@ -72,7 +72,7 @@ def policy() -> ResponseReturnValue:
 
 @bp.route("/request", methods=["GET", "POST"])
 def request_code() -> ResponseReturnValue:
-    if request.method == "GET":
+    if request.method != "POST":  # GET, or the HEAD Flask adds: never the form's work
         purpose = request.args.get("purpose", "delete")
         return render_template("shopper/request.html", email="", purpose=purpose, error=None)
     svc = services()
@@ -111,8 +111,8 @@ def confirm() -> ResponseReturnValue:
     svc = services()
     pending = _pending(svc)
     if pending is None:
-        return _message("no_request", 200 if request.method == "GET" else 400)
-    if request.method == "GET":
+        return _message("no_request", 200 if request.method != "POST" else 400)
+    if request.method != "POST":  # GET, or the HEAD Flask adds: never the form's work
         return _confirm_page(svc, pending)
     code = request.form.get("code", "")
     tries = svc.settings.code_tries
@@ -199,7 +199,9 @@ def _remember(svc: Services, pending: Pending) -> None:
         "id": pending.request_id,
         "purpose": pending.purpose,
         "email": service.seal_email(svc.keys, pending.request_id, pending.email),
-        "verified": pending.verified,
+        "verified": (
+            service.verification_proof(svc.keys, pending.request_id) if pending.verified else ""
+        ),
     }
 
 
@@ -219,7 +221,8 @@ def _pending(svc: Services) -> Pending | None:
     email = service.open_email(svc.keys, request_id, sealed)
     if email is None:
         return None
-    return Pending(request_id, str(purpose), email, verified=saved.get("verified") is True)
+    verified = service.proves_verification(svc.keys, request_id, saved.get("verified"))
+    return Pending(request_id, str(purpose), email, verified=verified)
 
 
 def _mail_code(settings: Settings, email: str, purpose: str, code: str) -> None:

@@ -345,6 +345,18 @@ def export_for_email(
 
 # The pending request's address travels in the browser's session cookie, which is signed but
 # readable: it is sealed (AES-GCM, bound to the request id) so that the cookie never shows it.
+# Likewise, that a deletion's code was right is kept as a keyed hash of the request id: the
+# cookie's signature alone (the Flask secret key) is not enough to mark a request confirmed.
+def verification_proof(keys: InstanceKeys, request_id: str) -> str:
+    return keys.contact_hash("web-code-verified", request_id)
+
+
+def proves_verification(keys: InstanceKeys, request_id: str, proof: object) -> bool:
+    return isinstance(proof, str) and hmac.compare_digest(
+        proof, verification_proof(keys, request_id)
+    )
+
+
 def _cookie_key(keys: InstanceKeys) -> DataKey:
     return DataKey(
         bytes.fromhex(keys.contact_hash("web-cookie-key-id", "v1"))[:16],
