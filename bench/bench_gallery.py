@@ -6,14 +6,22 @@ data keys) of random unit templates, 3 per shopper, then times `Gallery.load` an
 second photo of the same person gives). Top-1 is checked against an exact numpy search.
 
 Setup writes the wrapped keys in batches (`SqliteKeyStore.put_many`); the timed read path is the
-server's.
+server's. `--instance FOLDER` keeps the built instance (database, key store, master key) in
+FOLDER and reuses it on the next run; `--runs N` times the cold start N times, each in a fresh
+process as a server starts (minimum and median reported, with the load average when the script
+starts; each run's figures go to stderr). The database and key store files are in the OS file
+cache (just built or read).
 Prints a markdown section.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -133,12 +141,16 @@ def insert_batch(connection: Connection, store: SqliteKeyStore, batch: ShopperBa
     store.put_many(batch.wrapped_keys)
 
 
+def _instance_settings(folder: Path) -> Settings:
+    return load_settings(
+        {"instance": str(folder), "database_url": f"sqlite:///{folder / 'facepay.db'}"}
+    )
+
+
 def build_instance(
     folder: Path, shoppers: int, rng: np.random.Generator
 ) -> tuple[tuple[Settings, MasterKey, SqliteKeyStore], np.ndarray, list[str]]:
-    settings = load_settings(
-        {"instance": str(folder), "database_url": f"sqlite:///{folder / 'facepay.db'}"}
-    )
+    settings = _instance_settings(folder)
     engine = make_engine(settings.database)
     migrate.upgrade(engine)
     master = MasterKey.generate()
@@ -155,6 +167,77 @@ def build_instance(
     )
     engine.dispose()
     return (settings, master, store), vectors, ids
+
+
+_MASTER_FILE = "bench-master.key"
+
+
+def kept_instance(
+    folder: Path, shoppers: int, rng: np.random.Generator
+) -> tuple[Settings, MasterKey, SqliteKeyStore]:
+    """The instance kept in `folder` (built there first if it is not yet)."""
+    master_file = folder / _MASTER_FILE
+    if not master_file.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(folder.iterdir()):
+            raise SystemExit(f"{folder} is neither empty nor a kept bench instance")
+        (settings, master, store), _vectors, _ids = build_instance(folder, shoppers, rng)
+        master.save(master_file)  # last: a folder with the key file is complete
+        return settings, master, store
+    settings = _instance_settings(folder)
+    engine = make_engine(settings.database)
+    with engine.connect() as connection:
+        found = connection.scalar(select(func.count()).select_from(Shopper))
+    engine.dispose()
+    if found != shoppers:
+        raise SystemExit(f"{folder} holds {found} shoppers, not {shoppers}: use another folder")
+    return settings, MasterKey.load(master_file), SqliteKeyStore(folder / "keystore.sqlite3")
+
+
+def time_cold_start(instance: tuple[Settings, MasterKey, SqliteKeyStore]) -> tuple[float, float]:
+    """Seconds until `Gallery.load` returns (searchable, exhaustively while the quantised
+    index is built in the background) and until that index is published too."""
+    settings, master, store = instance
+    engine = make_engine(settings.database)
+    sessions = make_session_factory(engine)
+    gallery = Gallery(settings, {master.key_id: master}, store)
+    started = time.perf_counter()
+    with sessions() as session:
+        gallery.load(session)
+    servable = time.perf_counter() - started
+    gallery.wait_indexed()
+    indexed = time.perf_counter() - started
+    engine.dispose()
+    return servable, indexed
+
+
+# A fresh process with no main module to speak of, as under gunicorn: the gallery's `spawn`
+# workers re-import the parent's main module, and this script's imports are heavy.
+_COLD_START_ONCE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from bench.bench_gallery import kept_instance, time_cold_start
+instance = kept_instance(Path(sys.argv[1]), int(sys.argv[2]), np.random.default_rng(0))
+print(json.dumps(time_cold_start(instance)))
+"""
+
+
+def time_cold_start_in_new_process(folder: Path, shoppers: int) -> tuple[float, float, float]:
+    """`time_cold_start` on the kept instance in `folder`, in a fresh Python process; and the
+    CPU seconds that process and its workers used, start-up and background work included."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(
+        [sys.executable, "-c", _COLD_START_ONCE, str(folder), str(shoppers)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    servable, indexed = json.loads(result.stdout.strip().splitlines()[-1])
+    return float(servable), float(indexed), cpu
 
 
 def search_latency(
@@ -186,9 +269,16 @@ def main() -> None:
     )
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument(
-        "--sizes", default="10000,100000,1000000", help="template counts for match latency"
+        "--sizes",
+        default="10000,100000,1000000",
+        help="template counts for match latency (empty: cold start only)",
     )
+    parser.add_argument(
+        "--instance", type=Path, help="keep the cold start instance in this folder and reuse it"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="cold starts to time")
     args = parser.parse_args()
+    load = os.getloadavg()  # before this script's own work
     rng = np.random.default_rng(2026)
 
     lines = ["## Server gallery (`bench/bench_gallery.py`)", "", f"Machine: {describe()}.", ""]
@@ -196,7 +286,7 @@ def main() -> None:
         "| templates (128-d) | match median ms | match p95 ms | top-1 = exact search |",
         "| --- | --- | --- | --- |",
     ]
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in (int(s) for s in args.sizes.split(",") if s):
         vectors = unit_rows(rng, size)
         owners = np.arange(size) // PER_SHOPPER
         ids = [f"s{i}" for i in range(int(owners[-1]) + 1)]
@@ -208,21 +298,40 @@ def main() -> None:
         )
         del vectors, index
 
-    with tempfile.TemporaryDirectory() as folder:
-        (settings, master, store), _vectors, _ids = build_instance(Path(folder), args.shoppers, rng)
-        engine = make_engine(settings.database)
-        sessions = make_session_factory(engine)
-        gallery = Gallery(settings, {master.key_id: master}, store)
-        started = time.perf_counter()
-        with sessions() as session:
-            gallery.load(session)
-        cold = time.perf_counter() - started
-        engine.dispose()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.instance or Path(scratch)
+        kept_instance(folder, args.shoppers, rng)
+        runs = []
+        for _ in range(args.runs):
+            runs.append(time_cold_start_in_new_process(folder, args.shoppers))
+            print(
+                f"<!-- cold start: searchable {runs[-1][0]:.2f} s, quantised {runs[-1][1]:.2f} s, "
+                f"CPU {runs[-1][2]:.1f} s; load average now {os.getloadavg()[0]:.2f} -->",
+                file=sys.stderr,
+            )
+    servable = [run[0] for run in runs]
+    indexed = [run[1] for run in runs]
+    cpu = statistics.median(run[2] for run in runs)
+
+    def figure(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"**{values[0]:.1f} s**"
+        return f"**{min(values):.1f} s** (median {statistics.median(values):.1f} s)"
+
+    runs_note = (
+        f"minimum (median) of {len(runs)} runs, each a fresh process"
+        if len(runs) > 1
+        else "one run"
+    ) + ", the database and key store files in the OS file cache"
     lines += [
         "",
         f"Cold start: {args.shoppers * PER_SHOPPER:,} templates of {args.shoppers:,} shoppers read from SQLite, "
         f"{args.shoppers:,} data keys read from the SQLite key store and unwrapped, every template decrypted "
-        f"(AES-256-GCM) and indexed: **{cold:.1f} s** (target ≤ 10 s).",
+        f"(AES-256-GCM) and indexed: searchable after {figure(servable)} (target ≤ 10 s), with the "
+        f"quantised shortlist built in the background by {figure(indexed)} (searches are exhaustive, "
+        f"so exact, until then); {runs_note}; {cpu:.1f} s of CPU (median) for the whole process "
+        f"with its workers and the background build; load average when the script started "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "",
     ]
     print("\n".join(lines))

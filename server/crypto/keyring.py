@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -288,10 +288,44 @@ class DataKeyUnwrapper:
         return found
 
     def unwrap(self, wrapped: WrappedKey, shopper_id: str) -> DataKey:
-        if wrapped.version != _WRAP_VERSION:
+        return self._unwrap(
+            wrapped.master_key_id,
+            wrapped.data_key_id,
+            wrapped.ciphertext,
+            wrapped.version,
+            shopper_id,
+        )
+
+    def unwrap_record(self, record: Sequence[object], shopper_id: str) -> DataKey:
+        """:meth:`unwrap` for the fields of a `WrappedKey` as a key store holds them
+        ``(master_key_id, data_key_id, ciphertext, version)``, checked as `WrappedKey` checks
+        them (`KeyFormatError`) without making one (the cold start unwraps ~10^5-10^6)."""
+        try:
+            master_key_id, data_key_id, ciphertext, version = record
+        except (TypeError, ValueError):
+            raise KeyFormatError("wrapped key record must have four fields") from None
+        if type(master_key_id) is not str:
+            raise KeyFormatError("master key id must be a str")
+        _check_master_id(master_key_id)
+        if type(data_key_id) is not bytes or len(data_key_id) != DATA_KEY_ID_SIZE:
+            raise KeyFormatError(f"data key id must be exactly {DATA_KEY_ID_SIZE} bytes")
+        if type(ciphertext) is not bytes:
+            raise KeyFormatError("wrapped key ciphertext must be bytes")
+        if type(version) is not int:
+            raise KeyFormatError("wrapped key version must be an int")
+        return self._unwrap(master_key_id, data_key_id, ciphertext, version, shopper_id)
+
+    def _unwrap(
+        self,
+        master_key_id: str,
+        data_key_id: bytes,
+        ciphertext: bytes,
+        version: int,
+        shopper_id: str,
+    ) -> DataKey:
+        if version != _WRAP_VERSION:
             raise DecryptionError("unsupported wrapped key version")
-        aead, head = self._master(wrapped.master_key_id)
-        ciphertext = wrapped.ciphertext
+        aead, head = self._master(master_key_id)
         if len(ciphertext) != _NONCE_SIZE + KEY_SIZE + _TAG_SIZE:
             raise DecryptionError("wrapped key has the wrong length")
         if not isinstance(shopper_id, str) or not shopper_id:
@@ -301,7 +335,7 @@ class DataKeyUnwrapper:
             (
                 head,
                 DATA_KEY_ID_SIZE.to_bytes(4, "big"),
-                wrapped.data_key_id,
+                data_key_id,
                 len(shopper).to_bytes(4, "big"),
                 shopper,
             )
@@ -310,7 +344,7 @@ class DataKeyUnwrapper:
             key = aead.decrypt(ciphertext[:_NONCE_SIZE], ciphertext[_NONCE_SIZE:], aad)
         except InvalidTag:
             raise DecryptionError("wrapped key failed to authenticate") from None
-        return DataKey(wrapped.data_key_id, key)
+        return DataKey(data_key_id, key)
 
 
 def rewrap(

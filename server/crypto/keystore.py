@@ -54,7 +54,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
@@ -134,9 +134,13 @@ class BulkKeyStore(KeyStore, Protocol):
         """Every ``shopper_id -> wrapped_key``, read in one go; fails closed like ``get``."""
         ...
 
-    def wrapped_key_records(self) -> dict[str, WrappedKeyRecord]:
+    def wrapped_key_records(
+        self, shopper_ids: Collection[str] | None = None
+    ) -> dict[str, WrappedKeyRecord]:
         """Like :meth:`wrapped_keys`, but the records are not validated yet (so that the
-        caller can do it where it uses them, e.g. in worker processes)."""
+        caller can do it where it uses them, e.g. in worker processes). Given
+        ``shopper_ids``, only theirs (those the store has): cheapest for ids that are close
+        in sort order, e.g. a slice of a sorted list."""
         ...
 
 
@@ -310,6 +314,9 @@ _SELECT_ALL: Final = (
 _SELECT_RECORDS: Final = (
     "SELECT shopper_id, master_key_id, data_key_id, ciphertext, version FROM wrapped_keys"
 )
+# Shopper ids sort by code point in Python and by byte in SQLite's BINARY collation (the
+# column's): the same order for UTF-8 text, so a range holds every id between its ends.
+_SELECT_RECORDS_BETWEEN: Final = f"{_SELECT_RECORDS} WHERE shopper_id BETWEEN ? AND ?"
 _INSERT: Final = (
     "INSERT INTO wrapped_keys (shopper_id, version, master_key_id, data_key_id, ciphertext) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -583,14 +590,29 @@ class SqliteKeyStore:
     def wrapped_keys(self) -> dict[str, WrappedKey]:
         return dict(self.items())
 
-    def wrapped_key_records(self) -> dict[str, WrappedKeyRecord]:
+    def wrapped_key_records(
+        self, shopper_ids: Collection[str] | None = None
+    ) -> dict[str, WrappedKeyRecord]:
+        """See :class:`BulkKeyStore`; for ``shopper_ids``, one range scan from the lowest to the
+        highest id."""
+        if shopper_ids is not None and not shopper_ids:
+            return {}
         with self._lock:
             connection = self._use()
             try:
-                rows = connection.execute(_SELECT_RECORDS).fetchall()
+                if shopper_ids is None:
+                    rows = connection.execute(_SELECT_RECORDS).fetchall()
+                else:
+                    for shopper_id in shopper_ids:
+                        _check_shopper_id(shopper_id)
+                    bounds = (min(shopper_ids), max(shopper_ids))
+                    rows = connection.execute(_SELECT_RECORDS_BETWEEN, bounds).fetchall()
             except sqlite3.Error as exc:
                 raise _sqlite_error(exc, "read") from exc
-        return {row[0]: row[1:] for row in rows}
+        if shopper_ids is None:
+            return {row[0]: row[1:] for row in rows}
+        wanted = shopper_ids if isinstance(shopper_ids, Set) else frozenset(shopper_ids)
+        return {row[0]: row[1:] for row in rows if row[0] in wanted}
 
 
 class InMemoryKeyStore:
@@ -633,10 +655,14 @@ class InMemoryKeyStore:
     def wrapped_keys(self) -> dict[str, WrappedKey]:
         return dict(self._entries)
 
-    def wrapped_key_records(self) -> dict[str, WrappedKeyRecord]:
+    def wrapped_key_records(
+        self, shopper_ids: Collection[str] | None = None
+    ) -> dict[str, WrappedKeyRecord]:
+        wanted = self._entries if shopper_ids is None else shopper_ids
         return {
             shopper_id: (w.master_key_id, w.data_key_id, w.ciphertext, w.version)
-            for shopper_id, w in self._entries.items()
+            for shopper_id in wanted
+            if (w := self._entries.get(shopper_id)) is not None
         }
 
 

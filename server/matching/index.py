@@ -48,7 +48,11 @@ mask is copied on removal. So:
 - `add` for a shopper already present replaces their templates.
 
 Cold start (`bulk_load`) trains the quantiser on a sample and encodes every row in worker
-threads (faiss releases the GIL); about 2-3 s per million 128-d templates on 2 cores.
+threads (faiss releases the GIL); about 2-3 s per million 128-d templates on 2 cores. With
+``background=True`` it returns as soon as the rows are in place, searchable exhaustively (exact,
+about 50 ms a search at a million), and a thread builds the quantised index and publishes it
+unless a compaction renumbered the rows meanwhile (then the compaction's own index stands).
+A `RowBuffer` filled block by block becomes the index's storage without a copy.
 
 Validation raises `ValueError` naming what is wrong, never quoting values; nothing here logs a
 vector or a score.
@@ -185,6 +189,57 @@ def _worker_count() -> int:
     return max(1, min(4, available))
 
 
+def _with_spare(rows: int) -> int:
+    """Capacity for ``rows`` plus room for enrollments before the storage grows."""
+    return rows + max(_GROWTH_MIN, rows // 16)
+
+
+class RowBuffer:
+    """Templates gathered block by block (a cold start's decrypted chunks) for
+    `GalleryIndex.bulk_load`, which keeps this storage rather than copying it.
+
+    ``expected_rows`` sizes the storage (plus spare room for enrollments); more rows than that
+    are accepted, at the cost of a copy. After `bulk_load` took it, the buffer is empty.
+    """
+
+    def __init__(self, dimension: int, expected_rows: int = 0) -> None:
+        if dimension <= 0 or expected_rows < 0:
+            raise ValueError("the dimension must be positive and the expected rows not negative")
+        self.dimension = dimension
+        self._storage: Vectors = np.empty((_with_spare(expected_rows), dimension), np.float32)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, rows: bytes | bytearray | npt.ArrayLike) -> None:
+        """Append rows: little-endian float32 bytes, or a (k, dimension) array."""
+        if isinstance(rows, bytes | bytearray):
+            if len(rows) % (4 * self.dimension):
+                raise ValueError(f"templates must be a whole number of {self.dimension}-d rows")
+            block = np.frombuffer(rows, dtype="<f4").reshape(-1, self.dimension)
+        else:
+            block = np.asarray(rows)
+            if not np.issubdtype(block.dtype, np.floating):
+                raise ValueError("templates must be floating point")
+            if block.ndim != 2 or block.shape[1] != self.dimension:
+                raise ValueError(f"templates must be a (k, {self.dimension}) array")
+        count, added = self._count, block.shape[0]
+        if count + added > self._storage.shape[0]:
+            grown = np.empty(
+                (_with_spare(max(count + added, count + count // 2)), self.dimension), np.float32
+            )
+            grown[:count] = self._storage[:count]
+            self._storage = grown
+        self._storage[count : count + added] = block
+        self._count = count + added
+
+    def _take(self) -> tuple[Vectors, int]:
+        storage, count = self._storage, self._count
+        self._storage, self._count = np.empty((0, self.dimension), np.float32), 0
+        return storage, count
+
+
 class GalleryIndex:
     """Templates of one pack, searchable by shopper (see the module docstring)."""
 
@@ -196,6 +251,9 @@ class GalleryIndex:
         self._state_lock = threading.Lock()  # publishes a snapshot with its slot lookup
         self._snapshot = _empty_snapshot(dimension)
         self._slot_of: dict[str, int] = {}
+        # Row numbering generation: bumped whenever rows are renumbered (bulk load, compaction).
+        self._layout = 0
+        self._background: threading.Thread | None = None  # quantising after a bulk load
         self._faiss: Any = _load_faiss()
         # Product quantisation pairs dimensions; without faiss every search is exhaustive.
         self._can_quantise = self._faiss is not None and dimension % 2 == 0
@@ -342,13 +400,26 @@ class GalleryIndex:
     def bulk_load(
         self,
         shopper_ids: Sequence[str],
-        vectors: npt.ArrayLike,
+        vectors: npt.ArrayLike | RowBuffer,
         owners: npt.ArrayLike,
+        *,
+        background: bool = False,
     ) -> None:
         """Replace the contents (cold start): row ``i`` of `vectors` belongs to
         ``shopper_ids[owners[i]]``. Rows grouped by owner (as the store returns them) are
-        taken as they are; otherwise they are sorted by owner first."""
-        rows = self._as_templates(vectors, allow_empty=True)
+        taken as they are; otherwise they are sorted by owner first. A `RowBuffer` becomes the
+        storage (no copy) when its rows are sorted by owner. With `background`, a large
+        gallery is quantised in a thread (see the module docstring; `wait_quantised`)."""
+        storage = None
+        if isinstance(vectors, RowBuffer):
+            if vectors.dimension != self.dimension:
+                raise ValueError(f"templates must be a (k, {self.dimension}) array")
+            storage, count = vectors._take()
+            rows = storage[:count]
+            if not _all_finite(rows):
+                raise ValueError("templates must be finite")
+        else:
+            rows = self._as_templates(vectors, allow_empty=True)
         owner_index = np.asarray(owners)
         if not np.issubdtype(owner_index.dtype, np.integer) or owner_index.shape != (
             rows.shape[0],
@@ -361,23 +432,67 @@ class GalleryIndex:
             raise ValueError("owners must index shopper_ids")
         with self._write_lock:
             started = time.perf_counter()
-            snap, slot_of = self._assemble(list(shopper_ids), rows, owner_index)
+            snap, slot_of = self._assemble(
+                list(shopper_ids), rows, owner_index, storage=storage, quantise=not background
+            )
             with self._state_lock:
                 self._slot_of = slot_of
                 self._snapshot = snap
+                self._layout += 1
+            if background and self._can_quantise and snap.count >= EXACT_MAX_TEMPLATES:
+                self._quantise_in_background(snap)
             if snap.count:
+                path = "quantised shortlist" if snap.quantised is not None else "exhaustive"
+                if self._background is not None:
+                    path = "exhaustive until quantised in the background"
                 logger.info(
                     "gallery index loaded: %d templates of %d shoppers in %.2f s (%s)",
                     snap.live_rows,
                     snap.shoppers,
                     time.perf_counter() - started,
-                    "quantised shortlist" if snap.quantised is not None else "exhaustive",
+                    path,
                 )
 
+    def wait_quantised(self, timeout: float | None = None) -> bool:
+        """Wait for a background quantisation (if any) to finish; whether it has."""
+        thread = self._background
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _quantise_in_background(self, snap: _Snapshot) -> None:
+        """Start building the quantised index of ``snap`` (the caller holds the write lock)."""
+        layout = self._layout
+
+        def build() -> None:
+            try:
+                quantised = self._quantise(snap)
+            except Exception:  # searches stay exhaustive; the next write retries
+                logger.exception("gallery index: background quantisation failed")
+                quantised = None
+            with self._write_lock:
+                if self._background is threading.current_thread():
+                    self._background = None
+                current = self._snapshot
+                if quantised is not None and self._layout == layout and current.quantised is None:
+                    self._publish_quantised(quantised)
+                    self._maintain()  # the rows added meanwhile, a shrunken gallery
+
+        self._background = threading.Thread(target=build, name="gallery-quantise", daemon=True)
+        self._background.start()
+
     def _assemble(
-        self, ids: list[str], rows: Vectors, owners: RowIndex
+        self,
+        ids: list[str],
+        rows: Vectors,
+        owners: RowIndex,
+        *,
+        storage: Vectors | None = None,
+        quantise: bool = True,
     ) -> tuple[_Snapshot, dict[str, int]]:
-        """A fresh snapshot (and quantised index, if large) from rows and their owners."""
+        """A fresh snapshot (and quantised index, if large and `quantise`) from rows and their
+        owners; `storage` (whose first rows are `rows`) is kept as it is if they are sorted."""
         count = rows.shape[0]
         lengths = np.bincount(owners, minlength=len(ids)).astype(np.int32)
         slot_of = {ids[slot]: slot for slot in np.flatnonzero(lengths).tolist()}
@@ -386,11 +501,16 @@ class GalleryIndex:
             raise ValueError("shopper_ids has duplicates")
         starts = np.zeros(len(ids), np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        capacity = count + max(_GROWTH_MIN, count // 16)
-        vectors = np.empty((capacity, self.dimension), np.float32)
+        grouped = bool(np.all(owners[1:] >= owners[:-1]))
+        if storage is not None and grouped:
+            vectors = storage
+        else:
+            vectors = np.empty((_with_spare(count), self.dimension), np.float32)
+        capacity = vectors.shape[0]
         owner_rows = np.empty(capacity, np.int32)
-        if count and bool(np.all(owners[1:] >= owners[:-1])):
-            vectors[:count] = rows
+        if count and grouped:
+            if vectors is not storage:
+                vectors[:count] = rows
             owner_rows[:count] = owners
         elif count:
             order = np.argsort(owners, kind="stable")
@@ -412,7 +532,7 @@ class GalleryIndex:
             per_shopper_max=int(lengths.max()) if lengths.size else 0,
             quantised=None,
         )
-        if self._can_quantise and count >= EXACT_MAX_TEMPLATES:
+        if quantise and self._can_quantise and count >= EXACT_MAX_TEMPLATES:
             snap = replace(snap, quantised=self._quantise(snap))
         return snap, slot_of
 
@@ -425,7 +545,9 @@ class GalleryIndex:
         if snap.dead_rows > max(TAIL_MAX, snap.count // 4):
             self._compact()
         elif quantised is None:
-            if self._can_quantise and snap.live_rows >= EXACT_MAX_TEMPLATES:
+            background = self._background  # it publishes, then maintains (not across a fork)
+            building = background is not None and background.is_alive()
+            if self._can_quantise and snap.live_rows >= EXACT_MAX_TEMPLATES and not building:
                 self._publish_quantised(self._quantise(snap))
         elif snap.live_rows < EXACT_MAX_TEMPLATES // 2:
             self._publish_quantised(None)
@@ -448,6 +570,7 @@ class GalleryIndex:
         with self._state_lock:
             self._slot_of = slot_of
             self._snapshot = fresh
+            self._layout += 1
         logger.info(
             "gallery index compacted: %d templates kept of %d in %.2f s",
             live.size,

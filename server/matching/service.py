@@ -15,6 +15,8 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,24 +42,21 @@ from server.crypto import (
 from server.enrollment.models import Template
 from server.matching._coldstart import (
     ChunkResult,
-    Row,
+    ShopperChunk,
     decrypt_chunk,
     decrypt_in_worker,
-    decrypt_packed_in_worker,
     init_worker,
-    pack_rows,
+    prepare_scan,
+    template_rows,
 )
 from server.matching.decision import Decision, decide
-from server.matching.index import GalleryIndex
+from server.matching.index import GalleryIndex, RowBuffer
 from server.matching.models import GalleryChange
 from server.shoppers.models import Shopper
 
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "facepay_gallery"
-
-
-_SQLITE_SCAN_MMAP = 1 << 32
 
 
 def _record(wrapped: WrappedKey) -> WrappedKeyRecord:
@@ -75,6 +74,50 @@ _KEY_MISSING = (
     "an active shopper has no data key (deleted after this database was backed up?); "
     "`facepay server purge` finishes such deletions"
 )
+
+
+@contextmanager
+def _fail_closed() -> Iterator[None]:
+    """A chunk's key errors as the gallery's (the caller refuses to serve without it)."""
+    try:
+        yield
+    except KeyNotFoundError as exc:
+        raise GalleryUnavailable(_KEY_MISSING) from exc
+    except KeyStoreError as exc:  # a malformed key record
+        raise GalleryUnavailable("the shopper key store cannot be read") from exc
+
+
+class _Collected:
+    """Chunk results in chunk order: per pack, each template's owner (its shopper's position
+    in the active shoppers) and the vectors, copied into the index's future storage as
+    they come; logs progress every tenth of the way."""
+
+    def __init__(self, dimensions: dict[str, int], total: int, expected_rows: int) -> None:
+        self._dimensions = dimensions
+        self._expected_rows = expected_rows
+        self._owners: dict[str, list[npt.NDArray[np.int64]]] = {ref: [] for ref in dimensions}
+        self._rows: dict[str, RowBuffer] = {}
+        self._total, self._done = total, 0
+        self._step = max(1, total // 10)
+
+    def add(self, chunk: ShopperChunk, result: ChunkResult) -> None:
+        for ref, (owners, vectors) in result.items():
+            if not owners:
+                continue
+            self._owners[ref].append(np.frombuffer(owners, dtype=np.int32) + np.int64(self._done))
+            rows = self._rows.get(ref)
+            if rows is None:
+                rows = self._rows[ref] = RowBuffer(self._dimensions[ref], self._expected_rows)
+            rows.append(vectors)
+        count = len(chunk[0])
+        for mark in range(self._done // self._step + 1, (self._done + count) // self._step + 1):
+            logger.info("gallery: decrypted %d of %d shoppers", mark * self._step, self._total)
+        self._done += count
+
+    def packs(self) -> Iterator[tuple[str, RowBuffer, npt.NDArray[np.int64]]]:
+        """Per pack with templates: the rows and the owner of each."""
+        for ref, rows in self._rows.items():
+            yield ref, rows, np.concatenate(self._owners[ref])
 
 
 @dataclass(frozen=True)
@@ -111,78 +154,47 @@ class Gallery:
 
     # ---------------------------------------------------------------- loading and syncing
 
-    # Cold start in worker processes from this many active shoppers (with 2+ CPUs). Off by
-    # default: on 2 cores it measured slower than one process (27.3 s against 24.2 s for
-    # 1M templates), the parent's row fetching being the bottleneck; more cores may differ.
-    parallel_from_shoppers: int | None = None
-    _CHUNK_ROWS = 24_000
+    # Cold start in worker processes from this many templates (with 2+ CPUs and a database
+    # the workers can open), in chunks of this many shoppers. Each worker reads its chunks'
+    # templates itself (shipping rows to workers had been slower than one process). On 2
+    # cores, 1M templates: about 8 s in this process, under 5 s in workers; 150k: 1.1 s
+    # against 1.5 s (starting the workers costs a few tenths of a second).
+    parallel_from_templates: int | None = 300_000
+    _CHUNK_SHOPPERS = 8_000
 
     def load(self, session: Session) -> None:
         """Cold start: decrypt every active shopper's templates into the indexes.
 
-        Reads the key store in one go when it can (`BulkKeyStore`), the templates in one
-        sequential scan through the database driver's cursor, in chunks, and decrypts the
-        chunks in worker processes for a large gallery (in this process for a small one).
+        Cuts the active shoppers (in id order) into chunks, reads each chunk's wrapped keys (in
+        one go when the key store can, `BulkKeyStore`) and decrypts its templates, read with
+        one index range query per chunk, in worker processes for a large gallery (in this
+        process for a small one). The indexes are searchable on return; a large one is
+        quantised in the background meanwhile (`wait_indexed`), its searches exhaustive
+        (exact) until then.
         """
         started = time.perf_counter()
         self._last_seq = session.scalar(select(func.max(GalleryChange.seq))) or 0
-        active = set(session.scalars(select(Shopper.id).where(Shopper.status == "active")))
-        total = len(active)
-        records = self._bulk_key_records()
-        dimensions = {ref: index.dimension for ref, index in self._indexes.items()}
-        owners: dict[str, list[str]] = {ref: [] for ref in self._indexes}
-        vectors: dict[str, list[bytes]] = {ref: [] for ref in self._indexes}
-        seen: set[str] = set()
-        step, done = max(1, total // 10), 0
-
-        def collect(result: ChunkResult, shoppers: int) -> None:
-            nonlocal done
-            for ref, (chunk_owners, chunk_vectors) in result.items():
-                owners[ref] += chunk_owners
-                vectors[ref].append(chunk_vectors)
-            for mark in range(done // step + 1, (done + shoppers) // step + 1):
-                logger.info("gallery: decrypted %d of %d shoppers", mark * step, total)
-            done += shoppers
-
-        pool = self._cold_start_pool(total)
+        templates = session.scalar(select(func.count()).select_from(Template)) or 0
+        pool = self._cold_start_pool(session, templates)
         try:
-            pending: deque[tuple[Future[ChunkResult], int]] = deque()
-            for chunk in self._template_rows(session):
-                rows = [row for row in chunk if row[0] in active and row[2] in dimensions]
-                needed = {row[0] for row in rows}
-                shoppers = len(needed - seen)
-                seen |= needed
-                keys = self._chunk_keys(records, needed)
-                if pool is None:
-                    collect(decrypt_chunk(self._masters, rows, keys, dimensions), shoppers)
-                    continue
-                packed = pack_rows(rows)
-                future = (
-                    pool.submit(decrypt_packed_in_worker, packed, keys, dimensions)
-                    if packed is not None
-                    else pool.submit(decrypt_in_worker, rows, keys, dimensions)
-                )
-                pending.append((future, shoppers))
-                while len(pending) > 2 * self._workers():
-                    future, count = pending.popleft()
-                    collect(self._chunk_result(future), count)
-            while pending:
-                future, count = pending.popleft()
-                collect(self._chunk_result(future), count)
+            if pool is not None:  # the workers start up while the shoppers are read
+                for _ in range(self._workers()):
+                    pool.submit(int)
+            active = self._active_shoppers(session)
+            dimensions = {ref: index.dimension for ref, index in self._indexes.items()}
+            collected = _Collected(dimensions, len(active), templates)
+            chunks = self._chunks(active)
+            if pool is None:
+                self._decrypt_here(session, chunks, dimensions, collected)
+            else:
+                self._decrypt_in_workers(pool, chunks, dimensions, collected)
+        except BrokenProcessPool as exc:  # a worker killed (out of memory...)
+            raise GalleryUnavailable("a cold start worker process ended") from exc
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        del records, active, seen
-        for ref, row_owners in owners.items():
-            if not row_owners:
-                continue
-            slots = {shopper_id: slot for slot, shopper_id in enumerate(dict.fromkeys(row_owners))}
-            owner_rows = np.fromiter(
-                map(slots.__getitem__, row_owners), dtype=np.int64, count=len(row_owners)
-            )
-            matrix = np.frombuffer(b"".join(vectors[ref]), dtype="<f4").reshape(-1, dimensions[ref])
-            vectors[ref].clear()
-            self._indexes[ref].bulk_load(list(slots), matrix, owner_rows)
+        for ref, rows, owners in collected.packs():
+            self._indexes[ref].bulk_load(active, rows, owners, background=True)
         self.loaded = True
         logger.info(
             "gallery loaded: %s in %.1f s",
@@ -190,84 +202,122 @@ class Gallery:
             time.perf_counter() - started,
         )
 
-    def _bulk_key_records(self) -> dict[str, WrappedKeyRecord] | None:
-        """Every wrapped key, read in one go, if the key store can; else None (one `get` each)."""
-        if not isinstance(self._key_store, BulkKeyStore):
-            return None
+    @staticmethod
+    def _active_shoppers(session: Session) -> list[str]:
+        """Active shopper ids in the database's order, so that a run of them is a range of its
+        index on template owners."""
+        query = select(Shopper.id).where(Shopper.status == "active")
+        if session.get_bind().dialect.name == "sqlite":
+            # SQLite compares text byte by byte (BINARY): the order of Python's str, and
+            # sorting here is faster than its ORDER BY (a table lookup per index entry).
+            return sorted(session.scalars(query))
+        return list(session.scalars(query.order_by(Shopper.id)))
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until the indexes a load left quantising in the background are complete
+        (searches are exact meanwhile, only slower); whether they are."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return all(
+            index.wait_quantised(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+            for index in self._indexes.values()
+        )
+
+    def _chunks(self, active: list[str]) -> Iterator[ShopperChunk]:
+        """The active shoppers in chunks, each with its wrapped keys, read as the chunk is
+        needed (the first chunk is decrypting while the next keys are read)."""
+        for first in range(0, len(active), self._CHUNK_SHOPPERS):
+            shopper_ids = active[first : first + self._CHUNK_SHOPPERS]
+            yield shopper_ids, self._key_records(shopper_ids)
+
+    def _key_records(self, shopper_ids: list[str]) -> list[WrappedKeyRecord | None]:
+        """The shoppers' wrapped keys (None: the store has none), read in one go when the key
+        store can (`BulkKeyStore`), else one `get` each."""
         try:
-            return self._key_store.wrapped_key_records()
+            if isinstance(self._key_store, BulkKeyStore):
+                found = self._key_store.wrapped_key_records(shopper_ids)
+                return [found.get(shopper_id) for shopper_id in shopper_ids]
+            return [self._key_record(shopper_id) for shopper_id in shopper_ids]
         except KeyStoreError as exc:
             raise GalleryUnavailable("the shopper key store cannot be read") from exc
 
-    def _chunk_keys(
-        self, records: dict[str, WrappedKeyRecord] | None, shopper_ids: set[str]
-    ) -> dict[str, WrappedKeyRecord]:
+    def _key_record(self, shopper_id: str) -> WrappedKeyRecord | None:
         try:
-            if records is None:
-                return {
-                    shopper_id: _record(self._key_store.get(shopper_id))
-                    for shopper_id in shopper_ids
-                }
-            if not records.keys() >= shopper_ids:  # dict_keys: no copy of the key store
-                raise KeyNotFoundError("no wrapped key for this shopper")
-        except KeyNotFoundError as exc:
-            raise GalleryUnavailable(_KEY_MISSING) from exc
-        except KeyStoreError as exc:
-            raise GalleryUnavailable("the shopper key store cannot be read") from exc
-        return {shopper_id: records[shopper_id] for shopper_id in shopper_ids}
+            return _record(self._key_store.get(shopper_id))
+        except KeyNotFoundError:
+            return None
+
+    def _decrypt_here(
+        self,
+        session: Session,
+        chunks: Iterable[ShopperChunk],
+        dimensions: dict[str, int],
+        collected: _Collected,
+    ) -> None:
+        connection = session.connection()
+        sqlite = connection.dialect.name == "sqlite"
+        previous = connection.exec_driver_sql("PRAGMA mmap_size").scalar() if sqlite else None
+        prepare_scan(connection)
+        try:
+            for chunk in chunks:
+                rows = template_rows(connection, chunk[0])
+                with _fail_closed():
+                    collected.add(chunk, decrypt_chunk(self._masters, chunk, rows, dimensions))
+        finally:
+            if previous is not None:
+                connection.exec_driver_sql(f"PRAGMA mmap_size = {int(previous)}")
+
+    def _decrypt_in_workers(
+        self,
+        pool: ProcessPoolExecutor,
+        chunks: Iterable[ShopperChunk],
+        dimensions: dict[str, int],
+        collected: _Collected,
+    ) -> None:
+        pending: deque[tuple[ShopperChunk, Future[ChunkResult]]] = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(decrypt_in_worker, chunk, dimensions)))
+            if len(pending) > 2 * self._workers():
+                self._collect(pending.popleft(), collected)
+        while pending:
+            self._collect(pending.popleft(), collected)
 
     @staticmethod
-    def _chunk_result(future: Future[ChunkResult]) -> ChunkResult:
-        try:
-            return future.result()
-        except KeyNotFoundError as exc:
-            raise GalleryUnavailable(_KEY_MISSING) from exc
-        except KeyStoreError as exc:  # a malformed key record, found by a worker
-            raise GalleryUnavailable("the shopper key store cannot be read") from exc
-
-    def _template_rows(self, session: Session) -> Iterator[list[Row]]:
-        """Every template, in chunks, in one sequential scan through the driver's cursor (in the
-        session's transaction): no join (the caller filters on the active shoppers, which a
-        join would make an index lookup per row), no ORM or Core row objects."""
-        statement = select(Template.shopper_id, Template.id, Template.pack, Template.ciphertext)
-        connection = session.connection()
-        sql = str(statement.compile(dialect=connection.dialect))
-        cursor = connection.connection.cursor()
-        sqlite = connection.dialect.name == "sqlite"
-        previous = None
-        try:
-            if sqlite:  # read the file through a memory map for this scan (fewer syscalls)
-                cursor.execute("PRAGMA mmap_size")
-                previous = cursor.fetchone()
-                cursor.execute(f"PRAGMA mmap_size = {_SQLITE_SCAN_MMAP}")
-            cursor.execute(sql)
-            while fetched := cursor.fetchmany(self._CHUNK_ROWS):
-                rows: list[Row] = list(fetched)
-                if not isinstance(rows[0][3], bytes):  # e.g. a driver returning memoryview
-                    rows = [(a, b, c, bytes(d)) for a, b, c, d in rows]
-                yield rows
-        finally:
-            if sqlite and previous is not None:
-                cursor.execute(f"PRAGMA mmap_size = {int(previous[0])}")
-            cursor.close()
+    def _collect(
+        submitted: tuple[ShopperChunk, Future[ChunkResult]], collected: _Collected
+    ) -> None:
+        chunk, future = submitted
+        with _fail_closed():
+            collected.add(chunk, future.result())
 
     @staticmethod
     def _workers() -> int:
-        return min(2, os.cpu_count() or 1)
+        try:
+            available = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            available = os.cpu_count() or 1
+        return min(4, available)
 
-    def _cold_start_pool(self, shoppers: int) -> ProcessPoolExecutor | None:
+    def _cold_start_pool(self, session: Session, templates: int) -> ProcessPoolExecutor | None:
         workers = self._workers()
+        url = session.connection().engine.url
+        in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
         if (
-            self.parallel_from_shoppers is None
-            or shoppers < self.parallel_from_shoppers
+            self.parallel_from_templates is None
+            or templates < self.parallel_from_templates
             or workers < 2
+            or in_memory
         ):
             return None
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=([(key_id, master.key) for key_id, master in self._masters.items()],),
+            initargs=(
+                [(key_id, master.key) for key_id, master in self._masters.items()],
+                url.render_as_string(hide_password=False),
+            ),
         )
 
     def sync(self, session: Session) -> int:

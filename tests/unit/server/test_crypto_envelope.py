@@ -11,11 +11,12 @@ from server.crypto import (
     DataKeyUnwrapper,
     DecryptionError,
     KeyFormatError,
+    KeyNotFoundError,
     MasterKey,
-    TemplateOpener,
     UnknownKeyError,
     envelope_key_id,
     open_,
+    open_templates_into,
     seal,
     template_associated_data,
     template_associated_data_fast,
@@ -177,41 +178,6 @@ def test_fast_template_associated_data_rejects_the_same_input(bad: object, posit
         template_associated_data_fast(*fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fields", AAD_INPUTS)
-def test_template_opener_matches_open(key: DataKey, fields: tuple[str, str, str]) -> None:
-    shopper_id, template_id, pack = fields
-    blob = seal(key, PLAINTEXT, template_associated_data(*fields))
-    opener = TemplateOpener(key, shopper_id)
-    assert opener.open(blob, template_id, pack) == open_(
-        key, blob, template_associated_data(*fields)
-    )
-    assert opener.open(blob, template_id, pack) == PLAINTEXT  # cached pack field reused
-
-
-def test_template_opener_fails_like_open(key: DataKey) -> None:
-    blob = seal(key, PLAINTEXT, AD)
-    opener = TemplateOpener(key, "shopper-1")
-    assert opener.open(blob, "template-1", "pack-a") == PLAINTEXT
-    with pytest.raises(DecryptionError):  # moved to another row
-        opener.open(blob, "template-2", "pack-a")
-    with pytest.raises(DecryptionError):
-        opener.open(blob, "template-1", "pack-b")
-    with pytest.raises(DecryptionError):
-        TemplateOpener(key, "shopper-2").open(blob, "template-1", "pack-a")
-    with pytest.raises(DecryptionError, match="truncated"):
-        opener.open(blob[: ENVELOPE_OVERHEAD - 1], "template-1", "pack-a")
-    with pytest.raises(DecryptionError, match="version"):
-        opener.open(b"\x02" + blob[1:], "template-1", "pack-a")
-    with pytest.raises(UnknownKeyError):
-        TemplateOpener(DataKey.generate(), "shopper-1").open(blob, "template-1", "pack-a")
-    with pytest.raises(DecryptionError):
-        TemplateOpener(DataKey(key.key_id, bytes(32)), "shopper-1").open(
-            blob, "template-1", "pack-a"
-        )
-    with pytest.raises(DecryptionError):
-        opener.open(bytearray(blob), "template-1", "pack-a")  # type: ignore[arg-type]
-
-
 def test_data_key_unwrapper_matches_unwrap(key: DataKey) -> None:
     old, new = MasterKey.generate("mk-1"), MasterKey.generate("mk-2")
     masters = {old.key_id: old, new.key_id: new}
@@ -224,3 +190,159 @@ def test_data_key_unwrapper_matches_unwrap(key: DataKey) -> None:
             unwrapper.unwrap(wrapped, "shopper-2")
     with pytest.raises(UnknownKeyError):
         unwrapper.unwrap(wrap_data_key(MasterKey.generate("mk-3"), key, "s"), "s")
+
+
+MASTER = MasterKey.generate("mk-1")
+
+
+def _record(key: DataKey, shopper_id: str, master: MasterKey = MASTER) -> tuple[object, ...]:
+    wrapped = wrap_data_key(master, key, shopper_id)
+    return (wrapped.master_key_id, wrapped.data_key_id, wrapped.ciphertext, wrapped.version)
+
+
+def _open_one(
+    key: DataKey,
+    blob: object,
+    shopper_id: str = "shopper-1",
+    template_id: object = "template-1",
+    pack: str = "pack-a",
+    size: int = len(PLAINTEXT),
+    record: object = None,
+) -> bytes:
+    """`open_templates_into` on a single row; the buffer's bytes."""
+    buffer = bytearray(size)
+    owners = open_templates_into(
+        {MASTER.key_id: MASTER},
+        [(shopper_id, template_id, pack, blob)],  # type: ignore[list-item]
+        {shopper_id: record or _record(key, shopper_id)},  # type: ignore[dict-item]
+        {pack: (memoryview(buffer), size)},
+    )
+    assert owners == {pack: [shopper_id]}
+    return bytes(buffer)
+
+
+@pytest.mark.parametrize("fields", AAD_INPUTS)
+def test_open_templates_into_matches_open(key: DataKey, fields: tuple[str, str, str]) -> None:
+    shopper_id, template_id, pack = fields
+    blob = seal(key, PLAINTEXT, template_associated_data(*fields))
+    expected = open_(key, blob, template_associated_data(*fields))
+    assert _open_one(key, blob, shopper_id, template_id, pack) == expected == PLAINTEXT
+
+
+def test_open_templates_into_fills_buffers_per_pack_and_skips_other_rows() -> None:
+    keys = {shopper: DataKey.generate() for shopper in ("s1", "s2", "s3")}
+    rows, expected = [], {"pack-a": b"", "pack-b": b""}
+    for index, (shopper, pack) in enumerate(
+        [("s1", "pack-a"), ("s2", "pack-b"), ("s1", "pack-a"), ("s3", "pack-a"), ("s2", "pack-a")]
+    ):
+        plaintext = bytes([index]) * (8 if pack == "pack-a" else 4)
+        template_id = f"t{index}"
+        aad = template_associated_data(shopper, template_id, pack)
+        rows.append((shopper, template_id, pack, seal(keys[shopper], plaintext, aad)))
+        if shopper != "s3":
+            expected[pack] += plaintext
+    rows.append(("s1", "t9", "pack-z", b"not even an envelope"))  # a pack not asked for
+    rows.append(("s3", "t8", "pack-a", b"nor this"))  # a shopper not asked for
+    buffers = {"pack-a": bytearray(8 * 6), "pack-b": bytearray(4 * 6)}
+    owners = open_templates_into(
+        {MASTER.key_id: MASTER},
+        rows,
+        {"s1": _record(keys["s1"], "s1"), "s2": _record(keys["s2"], "s2")},
+        {
+            "pack-a": (memoryview(buffers["pack-a"]), 8),
+            "pack-b": (memoryview(buffers["pack-b"]), 4),
+        },
+    )
+    assert owners == {"pack-a": ["s1", "s1", "s2"], "pack-b": ["s2"]}
+    for pack, opened in expected.items():
+        assert bytes(buffers[pack][: len(opened)]) == opened
+        assert not any(buffers[pack][len(opened) :])
+
+
+def test_open_templates_into_fails_like_open(key: DataKey) -> None:
+    blob = seal(key, PLAINTEXT, AD)
+    assert _open_one(key, blob) == PLAINTEXT
+    with pytest.raises(DecryptionError):  # moved to another row
+        _open_one(key, blob, template_id="template-2")
+    with pytest.raises(DecryptionError):
+        _open_one(key, blob, pack="pack-b")
+    with pytest.raises(DecryptionError):
+        _open_one(key, blob, shopper_id="shopper-2")
+    with pytest.raises(DecryptionError, match="truncated"):
+        _open_one(key, blob[: ENVELOPE_OVERHEAD - 1])
+    with pytest.raises(DecryptionError):  # shorter: not authentic either
+        _open_one(key, blob[:-1])
+    with pytest.raises(DecryptionError, match="version"):
+        _open_one(key, b"\x02" + blob[1:])
+    with pytest.raises(UnknownKeyError):
+        _open_one(DataKey.generate(), blob)
+    with pytest.raises(DecryptionError):  # another key under the same id
+        _open_one(DataKey(key.key_id, bytes(32)), blob)
+    with pytest.raises(DecryptionError):
+        _open_one(key, bytearray(blob))
+    with pytest.raises(ValueError):  # authentic, but not the expected length
+        _open_one(key, seal(key, PLAINTEXT + b"!", AD))
+    for bad in ("", None, "\ud800"):
+        with pytest.raises(ValueError):
+            _open_one(key, blob, template_id=bad)
+    with pytest.raises(KeyNotFoundError):
+        open_templates_into(
+            {MASTER.key_id: MASTER},
+            [("shopper-1", "template-1", "pack-a", blob)],
+            {"shopper-1": None},
+            {"pack-a": (memoryview(bytearray(len(PLAINTEXT))), len(PLAINTEXT))},
+        )
+    with pytest.raises(KeyFormatError):
+        _open_one(key, blob, record=_record(key, "shopper-1")[:3])
+    with pytest.raises(DecryptionError):  # wrapped for another shopper
+        _open_one(key, blob, record=_record(key, "shopper-2"))
+    with pytest.raises(UnknownKeyError):  # under a master key not loaded
+        _open_one(key, blob, record=_record(key, "shopper-1", MasterKey.generate("mk-2")))
+
+
+def test_open_templates_into_leaves_no_unauthenticated_plaintext(key: DataKey) -> None:
+    good = seal(key, PLAINTEXT, template_associated_data("shopper-1", "template-1", "pack-a"))
+    flipped = bytearray(seal(key, PLAINTEXT, template_associated_data("shopper-1", "t2", "pack-a")))
+    flipped[40] ^= 1
+    buffer = bytearray(3 * len(PLAINTEXT))
+    with pytest.raises(DecryptionError):
+        open_templates_into(
+            {MASTER.key_id: MASTER},
+            [
+                ("shopper-1", "template-1", "pack-a", good),
+                ("shopper-1", "t2", "pack-a", bytes(flipped)),
+                ("shopper-1", "template-1", "pack-a", good),
+            ],
+            {"shopper-1": _record(key, "shopper-1")},
+            {"pack-a": (memoryview(buffer), len(PLAINTEXT))},
+        )
+    assert bytes(buffer) == PLAINTEXT + bytes(2 * len(PLAINTEXT))
+
+
+def test_data_key_unwrapper_unwraps_key_store_records(key: DataKey) -> None:
+    master = MasterKey.generate("mk-1")
+    unwrapper = DataKeyUnwrapper({master.key_id: master})
+    wrapped = wrap_data_key(master, key, "shopper-1")
+    record = (wrapped.master_key_id, wrapped.data_key_id, wrapped.ciphertext, wrapped.version)
+    unwrapped = unwrapper.unwrap_record(record, "shopper-1")
+    assert (unwrapped.key_id, unwrapped.key) == (key.key_id, key.key)
+    with pytest.raises(DecryptionError):
+        unwrapper.unwrap_record(record, "shopper-2")
+    with pytest.raises(DecryptionError):
+        unwrapper.unwrap_record((*record[:3], 2), "shopper-1")
+    with pytest.raises(UnknownKeyError):
+        unwrapper.unwrap_record(("mk-9", *record[1:]), "shopper-1")
+    malformed: list[object] = [
+        record[:3],
+        None,
+        (b"mk-1", *record[1:]),
+        ("bad id!", *record[1:]),
+        (record[0], record[1][:8], *record[2:]),
+        (record[0], bytearray(record[1]), *record[2:]),
+        (*record[:2], bytearray(record[2]), record[3]),
+        (*record[:3], True),
+        (*record[:3], "1"),
+    ]
+    for bad in malformed:
+        with pytest.raises(KeyFormatError):
+            unwrapper.unwrap_record(bad, "shopper-1")  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.crypto import (
+    BulkKeyStore,
     DataKey,
     DecryptionError,
     FileKeyStore,
@@ -392,3 +393,38 @@ def test_instance_key_store_is_sqlite_unless_a_directory(tmp_path: Path) -> None
     configured.mkdir()
     settings = load_settings({"instance": str(tmp_path / "new"), "key_store": str(configured)})
     assert isinstance(load_keys(settings).key_store, FileKeyStore)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def bulk_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BulkKeyStore]:
+    if request.param == "sqlite":
+        sqlite_store = SqliteKeyStore(tmp_path / "keys" / "keystore.sqlite3", create=True)
+        yield sqlite_store
+        sqlite_store.close()
+    else:
+        yield InMemoryKeyStore()
+
+
+def test_bulk_records_of_some_shoppers(bulk_store: BulkKeyStore, master: MasterKey) -> None:
+    """`wrapped_key_records(ids)`: exactly those shoppers' records that exist, unvalidated
+    fields as `get` returns them (the gallery reads a sorted chunk of shoppers at a time)."""
+    store = bulk_store
+    ids = ["a", "b", "b2", "c", "d", "\u00e9", "\U0001f600"]
+    for shopper_id in ids:
+        _enrol(store, master, shopper_id)
+    every = store.wrapped_key_records()
+    assert sorted(every) == sorted(ids)
+    for wanted in (["b", "c", "zz"], ["\u00e9", "\U0001f600"], ["a"], ["d", "b"], ids):
+        found = store.wrapped_key_records(wanted)
+        assert sorted(found) == sorted(set(wanted) & set(ids))  # not "b2" between "b" and "c"
+        for shopper_id, record in found.items():
+            wrapped = store.get(shopper_id)
+            assert record == (
+                wrapped.master_key_id,
+                wrapped.data_key_id,
+                wrapped.ciphertext,
+                wrapped.version,
+            )
+    assert store.wrapped_key_records([]) == {} and store.wrapped_key_records(["x"]) == {}
+    store.destroy("c")
+    assert sorted(store.wrapped_key_records(["b", "c", "d"])) == ["b", "d"]

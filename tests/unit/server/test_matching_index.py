@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from server.matching import index as index_module
-from server.matching.index import GalleryIndex
+from server.matching.index import GalleryIndex, RowBuffer
 
 Array = npt.NDArray[np.float32]
 D = 128
@@ -338,3 +339,125 @@ def test_concurrent_searches_while_writing(small_cutoffs: None) -> None:
             thread.join()
     assert errors == []
     assert len(index) == 700 + 1_500 - 500
+
+
+def test_a_row_buffer_becomes_the_storage(small_cutoffs: None) -> None:
+    """Blocks appended to a RowBuffer (past its expected size too) are loaded without a copy,
+    with the same results as an ordinary bulk load; unsorted owners are sorted into a copy."""
+    rng = np.random.default_rng(10)
+    vectors = _units(rng, 3_000)
+    owners = np.arange(3_000, dtype=np.int64) // 3
+    ids = [f"s{i}" for i in range(1_000)]
+    rows = RowBuffer(D, expected_rows=1_000)
+    rows.append(vectors[:700].astype("<f4").tobytes())
+    rows.append(vectors[700:2_900])  # beyond the expected rows: the buffer grows
+    rows.append(bytearray(vectors[2_900:].astype("<f4").tobytes()))
+    assert len(rows) == 3_000
+    storage = rows._storage
+    adopted, plain = GalleryIndex(D), GalleryIndex(D)
+    adopted.bulk_load(ids, rows, owners)
+    plain.bulk_load(ids, vectors, owners)
+    assert adopted._snapshot.vectors is storage and len(rows) == 0
+    probes = np.concatenate([_genuine(rng, vectors[rng.choice(3_000, 20)]), _units(rng, 5)])
+    for probe in probes:
+        assert adopted.search(probe) == plain.search(probe)
+    adopted.add("late", _units(rng, 3))  # the spare rows take enrollments
+    assert adopted._snapshot.vectors is storage and "late" in adopted
+
+    order = rng.permutation(3_000)
+    shuffled = RowBuffer(D, expected_rows=3_000)
+    shuffled.append(vectors[order])
+    index = GalleryIndex(D)
+    index.bulk_load(ids, shuffled, owners[order])
+    for probe in probes:
+        assert index.search(probe) == plain.search(probe)
+
+
+def test_a_row_buffer_refuses_bad_rows() -> None:
+    rows = RowBuffer(D)
+    with pytest.raises(ValueError):
+        rows.append(b"\0" * (4 * D + 4))  # not whole rows
+    with pytest.raises(ValueError):
+        rows.append(np.zeros((2, D + 1), np.float32))
+    with pytest.raises(ValueError):
+        rows.append(np.zeros((2, D), np.int32))
+    with pytest.raises(ValueError):
+        GalleryIndex(D + 2).bulk_load(["a"], RowBuffer(D), np.zeros(0, np.int64))
+    rows.append(np.full((1, D), np.nan, np.float32))
+    with pytest.raises(ValueError):
+        GalleryIndex(D).bulk_load(["a"], rows, np.zeros(1, np.int64))
+    with pytest.raises(ValueError):
+        RowBuffer(0)
+
+
+@pytest.fixture
+def held_quantiser(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Background quantisation waits until the returned event is set."""
+    release = threading.Event()
+    quantise = GalleryIndex._quantise
+
+    def held(self: GalleryIndex, snap: Any) -> Any:
+        if threading.current_thread().name == "gallery-quantise":
+            assert release.wait(30)
+        return quantise(self, snap)
+
+    monkeypatch.setattr(GalleryIndex, "_quantise", held)
+    return release
+
+
+def test_background_quantisation_keeps_writes_and_searches_exact(
+    small_cutoffs: None, held_quantiser: threading.Event
+) -> None:
+    """While the quantiser is built in the background, searches are exhaustive and writes
+    apply at once (no second quantiser is built); once published, the rows added meanwhile
+    are the exactly searched tail, and the removed ones stay removed."""
+    rng = np.random.default_rng(11)
+    vectors = _units(rng, 3_000)
+    owners = np.arange(3_000, dtype=np.int64) // 3
+    index = GalleryIndex(D)
+    index.bulk_load([f"s{i}" for i in range(1_000)], vectors, owners, background=True)
+    assert not index.approximate and not index.wait_quantised(timeout=0.01)
+    late = _units(rng, 3 * 40)
+    for shopper in range(40):
+        index.add(f"late{shopper}", late[3 * shopper : 3 * shopper + 3])
+    for shopper in range(0, 60, 2):
+        assert index.remove(f"s{shopper}")
+    assert not index.approximate  # still waiting for the background build
+    all_vectors = np.concatenate([vectors, late])
+    all_owners = [f"s{i // 3}" for i in range(3_000)] + [f"late{i // 3}" for i in range(120)]
+    picks = rng.choice(all_vectors.shape[0], 60, replace=False)
+    probes = _genuine(rng, all_vectors[picks])
+    before = [index.search(probe, k=2) for probe in probes]
+    held_quantiser.set()
+    assert index.wait_quantised(timeout=30) and index.approximate
+    quantised = index._snapshot.quantised
+    assert quantised is not None and quantised.rows >= 3_000
+    for probe, source, found in zip(probes, picks.tolist(), before, strict=True):
+        expected = all_owners[source]
+        gone = expected.startswith("s") and int(expected[1:]) < 60 and int(expected[1:]) % 2 == 0
+        assert index.search(probe, k=2) == found
+        if not gone:
+            assert found[0].shopper_id == expected
+        assert all(c.shopper_id not in {f"s{i}" for i in range(0, 60, 2)} for c in found)
+
+
+def test_background_quantisation_yields_to_a_compaction(
+    small_cutoffs: None, held_quantiser: threading.Event
+) -> None:
+    """A compaction renumbers the rows: the background result is dropped, the compaction's
+    own quantised index stands."""
+    rng = np.random.default_rng(12)
+    vectors = _units(rng, 9_000)
+    owners = np.arange(9_000, dtype=np.int64) // 3
+    index = GalleryIndex(D)
+    index.bulk_load([f"s{i}" for i in range(3_000)], vectors, owners, background=True)
+    for shopper in range(0, 3_000, 2):  # half the rows dead: compacted, and quantised
+        index.remove(f"s{shopper}")
+    compacted = index._snapshot.quantised
+    assert compacted is not None and index._snapshot.count < 9_000  # renumbered
+    assert index.template_count == 4_500
+    held_quantiser.set()
+    assert index.wait_quantised(timeout=30)
+    assert index._snapshot.quantised is compacted
+    for row in (3, 303, 8_997):  # odd shoppers, kept
+        assert index.search(vectors[row], k=1)[0].shopper_id == f"s{row // 3}"
