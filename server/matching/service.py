@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -61,6 +62,17 @@ NOTIFY_CHANNEL = "facepay_gallery"
 
 def _record(wrapped: WrappedKey) -> WrappedKeyRecord:
     return (wrapped.master_key_id, wrapped.data_key_id, wrapped.ciphertext, wrapped.version)
+
+
+def _close_pool(pool: ProcessPoolExecutor, *, failed: bool) -> None:
+    """Shut the cold start's workers down. After a failure they are killed first: a worker
+    killed while it held the pool's queue lock leaves the others blocked on it for ever, and
+    a clean shutdown would wait for them."""
+    if failed:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class GalleryUnavailable(RuntimeError):
@@ -192,7 +204,7 @@ class Gallery:
             raise GalleryUnavailable("a cold start worker process ended") from exc
         finally:
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                _close_pool(pool, failed=sys.exc_info()[0] is not None)
         for ref, rows, owners in collected.packs():
             self._indexes[ref].bulk_load(active, rows, owners, background=True)
         self.loaded = True
