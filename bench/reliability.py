@@ -2,7 +2,10 @@
 docs/reliability.md with what it tried and how much of it was handled correctly.
 
 `--long` runs the long variants (FACEPAY_RELIABILITY_LONG=1: more cases, longer load).
-PostgreSQL cases run when the machine's server answers (as in `make test`).
+PostgreSQL cases run when the machine's server answers (as in `make test`). The Faults part
+restarts that server once (`pg_ctlcluster ... restart`, when it is local and this runs as
+root; otherwise it cuts the test database's connections instead). Figures a test records
+(the Load part's rate and latencies) are printed under the table.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,7 +74,38 @@ def render(report: dict[str, object]) -> str:
     tried = sum(int(entry["tried"]) for entry in results.values())
     handled = sum(int(entry["handled"]) for entry in results.values())
     lines += ["", f"In all: {handled} of {tried} cases handled correctly.", ""]
+    for attack, entry in rows:
+        for figures in entry.get("figures", []):
+            lines += [render_figures(entry["category"], attack, figures), ""]
     return "\n".join(lines)
+
+
+def render_figures(category: str, attack: str, figures: dict[str, Any]) -> str:
+    """A test's recorded figures (measured, never asserted) as a paragraph under the table."""
+    if "requests" in figures and "kinds" in figures:  # tests/adversarial/test_load.py
+        kinds = "; ".join(
+            f"{kind} {k['requests']:,} (p50 {k['p50_ms']} ms, p99 {k['p99_ms']} ms)"
+            for kind, k in figures["kinds"].items()
+        )
+        return (
+            f"{category}: {figures['requests']:,} requests in {figures['seconds']} s "
+            f"({figures['per_second']}/s; p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms) "
+            f"against gunicorn ({figures['gunicorn_workers']} workers) and "
+            f"{figures['database']} with {figures['shoppers']:,} enrolled shoppers, from "
+            f"{figures['kiosks']} kiosks (rate limit {figures['kiosk_rate_limit']} per kiosk and "
+            f"process): {kinds}. Unexpected answers: {figures['unexpected']}. Seeding took "
+            f"{figures['seed_s']} s, starting gunicorn {figures['start_s']} s."
+        )
+    described = "; ".join(
+        f"{name.replace('_', ' ')}: {_value(value)}" for name, value in figures.items()
+    )
+    return f"{category}, {attack}: {described}."
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{name} × {count}" for name, count in value.items()) or "none"
+    return str(value)
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def run(host: str, port: int) -> None:
     app = create_app()
     with app.app_context():
         initialise(services())
-        services().start()
+        services().serve()
     app.run(host=host, port=port, threaded=True, use_reloader=False)
 
 

@@ -92,6 +92,20 @@ def problem_response(
     return json_response(status, problem_document(status, code, title, detail, **extra))
 
 
+class Unavailable(ProblemError):
+    """Something the request needs is down for the moment (the database, the shopper key
+    store, the gallery): 503 with Retry-After. Nothing of the request was done, so the client
+    sends it again as it was; an idempotency key is not spent on it (it is not stored as the
+    key's answer)."""
+
+    status_code = 503
+    code = "unavailable"
+    title = "Temporarily unavailable"
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(detail, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
 class JSONTooDeep(ProblemError):
     status_code = 400
     code = "json_too_deep"
@@ -119,6 +133,15 @@ def json_response(status: int, body: dict[str, Any]) -> Response:
     return Response(json.dumps(body), status=status, mimetype=mimetype)
 
 
+def _database_unavailable(error: Exception) -> bool:
+    """A database connection that failed or was lost (not a bug in a query)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(error, OperationalError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
+
+
 def register_error_handlers(app: APIFlask) -> None:
     def _render(error: HTTPError) -> Response:
         response = json_response(error.status_code, error_document(error))
@@ -137,6 +160,24 @@ def register_error_handlers(app: APIFlask) -> None:
         if isinstance(error, HTTPException):
             status = error.code or 500
             return problem_response(status, _CODES_BY_STATUS.get(status, "error"), error.name)
+        if _database_unavailable(error):
+            # Down, restarting, unreachable, or locked past the busy timeout: the client sends
+            # the request again (an idempotent request with the same key: if this attempt did
+            # commit after all, the retry gets its stored answer).
+            logger.warning(
+                "database unavailable on %s %s: %s",
+                request.method,
+                request.path,
+                type(getattr(error, "orig", None) or error).__name__,
+            )
+            response = problem_response(
+                503,
+                "database_unavailable",
+                "The database is unavailable",
+                "the database did not answer; send the request again",
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         # The traceback's frames are logged, not the exception's message: it could quote
         # request data, and request data can hold templates.
         frames = "".join(traceback.format_tb(error.__traceback__))

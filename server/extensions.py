@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.config import ConfigError, Settings
 from server.db import make_engine, make_session_factory
 from server.keys import InstanceKeys, load_keys
-from server.matching.service import FeedFollower, Gallery
+from server.matching.service import FeedFollower, Gallery, GalleryUnavailable
 from server.observability import LOG_FORMATS, Metrics
 from server.observability import init_app as init_observability
 
 logger = logging.getLogger(__name__)
+
+# A serving process whose gallery could not be loaded tries again this often (seconds).
+GALLERY_RETRY_S = 2.0
 
 # Every form the server renders (console, shopper pages) carries a token; a POST without it
 # is refused. The kiosk API blueprints are exempted in create_app.
@@ -35,6 +40,9 @@ class Services:
     gallery: Gallery
     metrics: Metrics
     follower: FeedFollower | None = field(default=None)
+    # Why the gallery is not loaded, while a serving process waits for it (see `serve`).
+    not_ready_reason: str | None = field(default=None)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start(self) -> None:
         """Load the gallery and follow the change feed (serving processes only, not CLI tools)."""
@@ -47,7 +55,39 @@ class Services:
         )
         self.follower.start()
 
+    def serve(self, retry_s: float = GALLERY_RETRY_S) -> None:
+        """`start`, for a serving process: when the gallery cannot be loaded (the key store
+        unreadable, a shopper's key missing, the database down) the process serves anyway,
+        not ready: /readyz answers 503 with the reason, and every request that needs a match
+        is refused with 503 (`open_templates`), never matched against an empty or partial
+        gallery. It tries again every `retry_s` seconds until the gallery loads."""
+        if self._try_start():
+            return
+        threading.Thread(
+            target=self._keep_trying, args=(retry_s,), name="facepay-gallery-retry", daemon=True
+        ).start()
+
+    def _try_start(self) -> bool:
+        try:
+            self.start()
+        except (GalleryUnavailable, SQLAlchemyError) as exc:
+            reason = str(exc) if isinstance(exc, GalleryUnavailable) else "the database fails"
+            if reason != self.not_ready_reason:
+                logger.error("not ready: %s; the gallery is not loaded, trying again", reason)
+            self.not_ready_reason = reason
+            return False
+        if self.not_ready_reason is not None:
+            logger.warning("ready: the gallery is loaded after all")
+        self.not_ready_reason = None
+        return True
+
+    def _keep_trying(self, retry_s: float) -> None:
+        while not self._stopping.wait(retry_s):
+            if self._try_start():
+                return
+
     def stop(self) -> None:
+        self._stopping.set()
         if self.follower is not None:
             self.follower.stop()
             self.follower.join(timeout=5)

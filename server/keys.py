@@ -14,7 +14,9 @@ The key store is an SQLite file of its own (`SqliteKeyStore`, by default
 `<instance>/keystore.sqlite3`); if the configured path (FACEPAY_KEY_STORE) is a directory,
 the one-JSON-file-per-shopper `FileKeyStore` in it is used instead. An instance created before
 the SQLite store existed (a `<instance>/keystore` directory and no `keystore.sqlite3`) keeps
-using its directory.
+using its directory. A key store that cannot be opened (missing volume, corrupt file) does
+not stop the process: it fails closed on every use and is opened again once it can be
+(`UnopenedKeyStore`), so a server serves, not ready, and recovers by itself.
 """
 
 from __future__ import annotations
@@ -22,11 +24,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.config import ConfigError, Settings
-from server.crypto import FileKeyStore, KeyStore, MasterKey, ServerSealingKey, SqliteKeyStore
+from server.crypto import (
+    BulkKeyStore,
+    FileKeyStore,
+    KeyStore,
+    KeyStoreError,
+    KeyStoreUnavailable,
+    MasterKey,
+    ServerSealingKey,
+    SqliteKeyStore,
+    WrappedKey,
+    WrappedKeyRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +95,82 @@ def open_key_store(path: Path, *, create: bool) -> KeyStore:
     return SqliteKeyStore(path, create=create)
 
 
+class UnopenedKeyStore:
+    """The key store when it could not be opened: every call tries to open it again and,
+    until that works, raises `KeyStoreUnavailable` (fail closed: never "no key" when it cannot
+    tell). Once opened, every call goes to the real store."""
+
+    def __init__(self, path: Path, *, create: bool) -> None:
+        self._path, self._create = path, create
+        self._store: KeyStore | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"UnopenedKeyStore({str(self._path)!r})"
+
+    def _opened(self) -> KeyStore:
+        with self._lock:
+            if self._store is None:
+                try:  # raises KeyStoreError (unavailable, corrupt) until it can be opened
+                    self._store = open_key_store(self._path, create=self._create)
+                except OSError as exc:
+                    raise KeyStoreUnavailable("key store cannot be opened") from exc
+                logger.warning("the shopper key store can be used again")
+            return self._store
+
+    def get(self, shopper_id: str) -> WrappedKey:
+        return self._opened().get(shopper_id)
+
+    def put(self, shopper_id: str, wrapped: WrappedKey) -> None:
+        self._opened().put(shopper_id, wrapped)
+
+    def replace(self, shopper_id: str, wrapped: WrappedKey) -> None:
+        self._opened().replace(shopper_id, wrapped)
+
+    def destroy(self, shopper_id: str) -> bool:
+        return self._opened().destroy(shopper_id)
+
+    def shopper_ids(self) -> list[str]:
+        return self._opened().shopper_ids()
+
+    def items(self) -> Iterator[tuple[str, WrappedKey]]:
+        return self._opened().items()
+
+    def wrapped_keys(self) -> dict[str, WrappedKey]:
+        store = self._opened()
+        return store.wrapped_keys() if isinstance(store, BulkKeyStore) else dict(store.items())
+
+    def wrapped_key_records(
+        self, shopper_ids: Collection[str] | None = None
+    ) -> dict[str, WrappedKeyRecord]:
+        store = self._opened()
+        if isinstance(store, BulkKeyStore):
+            if shopper_ids is None:
+                return store.wrapped_key_records()
+            return store.wrapped_key_records(shopper_ids)
+        wanted = None if shopper_ids is None else set(shopper_ids)
+        return {
+            shopper_id: (w.master_key_id, w.data_key_id, w.ciphertext, w.version)
+            for shopper_id, w in store.items()
+            if wanted is None or shopper_id in wanted
+        }
+
+
+def _open_or_later(path: Path, *, create: bool) -> KeyStore:
+    """The key store at `path`, or, if it cannot be opened now, one that fails closed until it
+    can (logged: the server will not be ready, and will not match, until then)."""
+    try:
+        return open_key_store(path, create=create)
+    except KeyStoreError as exc:
+        logger.error(
+            "the shopper key store at %s cannot be opened (%s): nothing will be matched, "
+            "enrolled or deleted until it can",
+            path,
+            type(exc).__name__,
+        )
+        return UnopenedKeyStore(path, create=create)
+
+
 def load_keys(settings: Settings) -> InstanceKeys:
     paths = key_paths(settings)
     if settings.is_production:
@@ -106,7 +197,7 @@ def load_keys(settings: Settings) -> InstanceKeys:
         audit_key=MasterKey.load(paths["audit"]).key,
         phone_key=MasterKey.load(paths["phone"]).key,
         sealing=ServerSealingKey.load(paths["sealing"]),
-        key_store=open_key_store(paths["key_store"], create=not settings.is_production),
+        key_store=_open_or_later(paths["key_store"], create=not settings.is_production),
     )
 
 

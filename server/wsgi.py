@@ -14,4 +14,4 @@ from server.observability import configure_logging
 app = create_app()
 configure_logging(settings_of(app).log_format)
 with app.app_context():
-    services().start()
+    services().serve()  # not ready (503) until the gallery loads, never a crash loop

@@ -17,9 +17,16 @@ from sqlalchemy.orm import Session
 from server.audit.service import record_event
 from server.consent import service as consent
 from server.consent.models import Consent
-from server.crypto import CryptoError, DataKey, seal, template_associated_data, wrap_data_key
+from server.crypto import (
+    CryptoError,
+    DataKey,
+    KeyStoreError,
+    seal,
+    template_associated_data,
+    wrap_data_key,
+)
 from server.enrollment.models import Enrollment, Template
-from server.errors import ProblemError
+from server.errors import ProblemError, Unavailable
 from server.keys import InstanceKeys
 from server.kiosks.models import Kiosk
 from server.ledger import service as ledger
@@ -63,7 +70,17 @@ def open_templates(
     gallery: Gallery,
     liveness_required: bool,
 ) -> tuple[str, str, list[npt.NDArray[np.float32]]]:
-    """Unseal and validate the templates of one request: one known pack, finite, unit length."""
+    """Unseal and validate the templates of one request: one known pack, finite, unit length.
+
+    Every request that matches a face comes through here first: while this process's gallery
+    is not loaded (still loading, or the key store unreadable at start-up) it is refused with
+    503, never matched against an empty or partial gallery."""
+    if not gallery.loaded:
+        raise Unavailable(
+            "the gallery is not loaded yet; nothing was done, send the request again",
+            code="gallery_not_ready",
+            retry_after_s=5,
+        )
     packs = {item["pack"] for item in items}
     if len(packs) != 1:
         raise TemplateRejected(
@@ -230,8 +247,17 @@ def enroll(
     )
     session.flush()
     # The data key goes to the key store last: if anything above failed, no key is left behind
-    # (and a key without a committed shopper is harmless and pruned by the purge).
-    keys.key_store.put(shopper.id, wrap_data_key(keys.master, data_key, shopper.id))
+    # (and a key without a committed shopper is harmless and pruned by the purge). If the store
+    # cannot take it, nothing is committed: a shopper without a key could never be matched.
+    try:
+        keys.key_store.put(shopper.id, wrap_data_key(keys.master, data_key, shopper.id))
+    except KeyStoreError as exc:
+        logger.error("enrollment refused: the key store cannot be written: %s", type(exc).__name__)
+        raise Unavailable(
+            "the shopper key store cannot be written; nothing was enrolled, try again",
+            code="key_store_unavailable",
+            retry_after_s=5,
+        ) from exc
     return Enrolled(
         enrollment.id, shopper.id, shopper.masked_label, pack, balance, wallet["currency"]
     )

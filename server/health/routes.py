@@ -38,7 +38,11 @@ def readyz() -> dict[str, Any]:
         ) from None
     if not svc.gallery.loaded:
         raise ProblemError(
-            "the gallery is still loading", code="not_ready", status=503, title="Not ready"
+            svc.not_ready_reason or "the gallery is still loading",
+            code="not_ready",
+            status=503,
+            title="Not ready",
+            headers={"Retry-After": "5"},
         )
     return {"status": "ready", "gallery": svc.gallery.sizes()}
 

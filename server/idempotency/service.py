@@ -11,7 +11,9 @@ record a second result after a takeover: its commit is refused and rolled back.
 
 Responses are stored only once the work started, as Stripe does: a request whose parameters
 fail validation never reaches here, and an unexpected error releases the key so that a retry
-runs again (nothing of the failed attempt was committed).
+runs again (nothing of the failed attempt was committed). So does a 5xx problem (`Unavailable`:
+the database, the key store or the gallery down for the moment): it is no answer to the
+request, and stored it would be replayed to every retry long after the outage.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def run(
                 with session.begin_nested():
                     status, body = work(session)
             except ProblemError as error:  # an answer too: stored and replayed like any other
+                if error.status_code >= 500:
+                    raise  # not an answer: nothing kept, the key released for the retry
                 status, body = error.status_code, error_document(error)
             _complete(session, claimed, status, body)
     except KeyInUse:

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.ledger.models import FUNDING, STORE, WALLET, Account, Transfer
@@ -22,23 +23,32 @@ SANDBOX_FUNDING = "sandbox-funding"
 
 
 def account_for(session: Session, *, kind: str, owner: str, currency: str) -> Account:
-    """The account, created if missing, locked for the rest of the transaction."""
+    """The account, created if missing, locked for the rest of the transaction.
+
+    Two transactions may both find it missing (a store's first payments, at once): the second
+    insert waits for the first transaction and then breaks the unique constraint; it is undone
+    (a savepoint) and the account the first one made is used, instead of failing the request.
+    """
     query = select(Account).where(
         Account.kind == kind, Account.owner == owner, Account.currency == currency
     )
     account = session.scalars(query.with_for_update()).first()
-    if account is None:
-        account = Account(
-            id=str(uuid.uuid4()),
-            kind=kind,
-            owner=owner,
-            currency=currency,
-            debits_posted=0,
-            credits_posted=0,
-            debits_held=0,
-        )
-        session.add(account)
-        session.flush()
+    if account is not None:
+        return account
+    account = Account(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        owner=owner,
+        currency=currency,
+        debits_posted=0,
+        credits_posted=0,
+        debits_held=0,
+    )
+    try:
+        with session.begin_nested():
+            session.add(account)
+    except IntegrityError:  # made meanwhile by a transaction that has committed since
+        return session.scalars(query.with_for_update()).one()
     return account
 
 

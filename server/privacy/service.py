@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from server.audit.models import AuditRecord
 from server.audit.service import record_event
 from server.consent.models import Consent, PolicyText, PolicyVersion
-from server.crypto import KeyStoreError
+from server.crypto import KeyNotFoundError, KeyStoreError
 from server.db import utcnow
 from server.enrollment.models import Enrollment, Template
-from server.errors import ProblemError
+from server.errors import ProblemError, Unavailable
 from server.keys import InstanceKeys
 from server.ledger.models import Account, Transfer
 from server.matching.service import record_change
@@ -62,12 +62,17 @@ def delete_shopper(
 ) -> Receipt:
     """Everything in the database, in the caller's transaction; the caller then commits and
     calls `shred_key` (after the commit, so that a failed transaction never leaves an active
-    shopper without a key) and applies the gallery change locally."""
+    shopper without a key) and applies the gallery change locally.
+
+    Refused with 503 (`Unavailable`, nothing changed) while the key store cannot be used: the
+    receipt says the data is gone, which needs the data key destroyed, so the deletion waits
+    for the store rather than leaving the key behind in silence."""
     shopper = session.scalars(
         select(Shopper).where(Shopper.id == shopper_id).with_for_update()
     ).first()
     if shopper is None or shopper.status == DELETED:
         raise ShopperNotFound("no enrolled shopper with this id")
+    _check_key_store(keys, shopper_id)
     packs = set(session.scalars(select(Template.pack).where(Template.shopper_id == shopper_id)))
     count = session.scalar(
         select(func.count()).select_from(Template).where(Template.shopper_id == shopper_id)
@@ -115,6 +120,22 @@ def delete_shopper(
         },
     )
     return Receipt(receipt.id, now.isoformat(), receipt.templates_deleted)
+
+
+def _check_key_store(keys: InstanceKeys, shopper_id: str) -> None:
+    """The key store answers about this shopper's key (having none is an answer: a database
+    restored from a backup, which the purge finishes); if it cannot tell, refuse."""
+    try:
+        keys.key_store.get(shopper_id)
+    except KeyNotFoundError:
+        return
+    except KeyStoreError as exc:
+        logger.error("deletion refused: the key store cannot be used: %s", type(exc).__name__)
+        raise Unavailable(
+            "the shopper key store cannot be used; nothing was deleted, try again",
+            code="key_store_unavailable",
+            retry_after_s=5,
+        ) from exc
 
 
 def shred_key(keys: InstanceKeys, shopper_id: str) -> bool:

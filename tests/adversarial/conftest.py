@@ -48,6 +48,9 @@ class Tally:
     tried: int = 0
     handled: int = 0
     failures: list[str] = field(default_factory=list)
+    # Measurements worth keeping beside the counts (a load test's rate and latencies): written
+    # to the results file with them, never asserted on.
+    figures: dict[str, Any] = field(default_factory=dict)
 
     def case(self, handled: bool, what: str) -> bool:
         self.tried += 1
@@ -75,6 +78,10 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
         )
         entry["tried"] = int(str(entry["tried"])) + found.tried
         entry["handled"] = int(str(entry["handled"])) + found.handled
+        if found.figures:
+            figures = entry.setdefault("figures", [])
+            assert isinstance(figures, list)
+            figures.append(found.figures)
     assert found.tried > 0, "the test tried no case"
     assert found.handled == found.tried, "not handled: " + "; ".join(found.failures[:10])
 

@@ -88,15 +88,16 @@ def ledger_check(env: dict[str, str]) -> dict[str, Any]:
 def pay_until_answered(
     store: Store, payload: dict[str, Any], key: str, deadline_s: float = 90
 ) -> tuple[int, dict[str, Any], int]:
-    """What a kiosk does: send, and on no answer (connection lost, 409 still running, 5xx)
-    send the same body with the same key again. Returns the answer and the retries made."""
+    """What a kiosk does: send, and on no answer (connection lost, 409 still running, 429 too
+    many requests, 5xx) send the same body with the same key again. Returns the answer and the
+    retries made."""
     retries, deadline = 0, time.monotonic() + deadline_s
     while True:
         try:
             status, body = signed_call(
                 store.kiosk, store.url, "POST", "/v1/payments", payload, idempotency_key=key
             )
-            if status not in (409, 500, 502, 503):
+            if status not in (409, 429, 500, 502, 503):
                 return status, body, retries
         except OSError:
             pass

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,22 @@ class Gunicorn:
     """The production server (gunicorn, several workers) in its own process group, so that a
     test can kill every process of it at once, as a power cut or an OOM kill would."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path, workers: int = 3) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        workers: int = 3,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.env, self.port, self.log, self.workers = env, port, log, workers
+        self.extra_args = extra_args  # more gunicorn flags, e.g. ("--timeout", "300")
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> str:
+    def start(self, ready_path: str = "/readyz", timeout: float = 60) -> str:
+        """Start it and wait until `ready_path` answers 2xx (`/healthz`: serving, even while
+        not ready)."""
         with self.log.open("a") as handle:
             self.process = subprocess.Popen(
                 [
@@ -139,6 +150,7 @@ class Gunicorn:
                     str(self.workers),
                     "--bind",
                     f"127.0.0.1:{self.port}",
+                    *self.extra_args,
                     "server.wsgi:app",
                 ],
                 env=self.env,
@@ -146,7 +158,7 @@ class Gunicorn:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until_serving(f"{self.url}/readyz", self.process, self.log)
+        wait_until_serving(f"{self.url}{ready_path}", self.process, self.log, timeout)
         return self.url
 
     def signal(self, number: int) -> None:
@@ -221,3 +233,83 @@ def signed_call(
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
     return http(method, base + path, headers=headers, body=body if payload is not None else None)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer as it came: status, media type and the raw body."""
+
+    status: int
+    mimetype: str
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        """The body as JSON (None if it is not JSON)."""
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+    @property
+    def is_problem(self) -> bool:
+        """A problem+json document with a code: a clean error, not a stack trace or a proxy page."""
+        document = self.json()
+        return (
+            self.mimetype == "application/problem+json"
+            and isinstance(document, dict)
+            and bool(document.get("code"))
+        )
+
+
+def exchange(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30,
+) -> Reply:
+    """One request; every HTTP answer comes back as a `Reply` (errors included). No answer at all
+    (refused, reset, timed out) raises OSError."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(
+                response.status,
+                response.headers.get_content_type(),
+                response.read(),
+                dict(response.headers.items()),
+            )
+    except urllib.error.HTTPError as error:
+        with error:
+            return Reply(
+                error.code,
+                error.headers.get_content_type(),
+                error.read(),
+                dict(error.headers.items()),
+            )
+
+
+def signed_exchange(
+    kiosk: SigningKiosk,
+    base: str,
+    method: str,
+    path: str,
+    payload: Any = None,
+    *,
+    idempotency_key: str | None = None,
+    timeout: float = 30,
+) -> Reply:
+    """Like `signed_call`, but the raw `Reply` (status, media type, body, headers)."""
+    body = b"" if payload is None else json.dumps(payload).encode()
+    headers = kiosk.headers(method, path, body)
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return exchange(
+        method,
+        base + path,
+        headers=headers,
+        body=body if payload is not None else None,
+        timeout=timeout,
+    )

@@ -50,7 +50,9 @@ def database_url(
             "no PostgreSQL server here (CI sets FACEPAY_TEST_POSTGRES_URL, and then it must work)"
         )
     name = f"facepay_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    # pool_pre_ping: the database is dropped on a fresh connection even if the server was
+    # restarted meanwhile (tests/adversarial/test_faults.py restarts it).
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
