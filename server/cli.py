@@ -419,14 +419,30 @@ def payments_expire(as_json: bool) -> None:
 
 @server_group.command("purge")
 @click.option("--dry-run", is_flag=True, help="Only list the shoppers the purge would delete.")
+@click.option(
+    "--finish-deletions",
+    is_flag=True,
+    help="Also delete shoppers whose data key is gone (a database restored from an older "
+    "backup). Check first that FACEPAY_KEY_STORE is the right key store.",
+)
 @json_option
-def purge(dry_run: bool, as_json: bool) -> None:
+def purge(dry_run: bool, finish_deletions: bool, as_json: bool) -> None:
     """Delete shoppers inactive for FACEPAY_RETENTION_DAYS and pending data past its limits,
     with an audit record. Run it daily (deploy/server/facepay-purge.timer) or by hand."""
+    from server.privacy.retention import PurgeRefused
     from server.privacy.retention import purge as run_purge
 
     with _app() as svc:
-        report = run_purge(svc.sessions, svc.keys, svc.settings, dry_run=dry_run)
+        try:
+            report = run_purge(
+                svc.sessions,
+                svc.keys,
+                svc.settings,
+                dry_run=dry_run,
+                finish_deletions=finish_deletions,
+            )
+        except PurgeRefused as refused:
+            raise click.ClickException(str(refused)) from None
     data = report.as_dict()
     if dry_run:
         data["shoppers"] = report.inactive_shoppers

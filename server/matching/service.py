@@ -84,7 +84,8 @@ class GalleryUnavailable(RuntimeError):
 # but says how to finish those deletions.
 _KEY_MISSING = (
     "an active shopper has no data key (deleted after this database was backed up?); "
-    "`facepay server purge` finishes such deletions"
+    "once the key store is confirmed to be the right one, "
+    "`facepay server purge --finish-deletions` finishes such deletions"
 )
 
 

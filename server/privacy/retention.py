@@ -43,6 +43,10 @@ ORPHAN_GRACE_S = 5.0
 CODES_KEPT = dt.timedelta(days=1)
 
 
+class PurgeRefused(RuntimeError):
+    """The purge will not run as asked; the message says why."""
+
+
 @dataclass
 class PurgeReport:
     cutoff: str
@@ -81,21 +85,31 @@ def purge(
     now: dt.datetime | None = None,
     dry_run: bool = False,
     orphan_grace_s: float = ORPHAN_GRACE_S,
+    finish_deletions: bool = False,
 ) -> PurgeReport:
+    """`finish_deletions`: also delete the shoppers whose data key is gone (a database restored
+    from a backup older than their deletion). Never by default: with a misplaced or wrong key
+    store every shopper looks like that, so an operator asks for it after checking."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(days=settings.retention_days)
     report = PurgeReport(cutoff.isoformat(), settings.retention_days, dry_run=dry_run)
     with sessions() as session:
         keyless = keyless_shoppers(session, keys)
-        finishing = set(keyless)
+        finishing = set(keyless) if finish_deletions else set()
         inactive = [s for s in inactive_shoppers(session, cutoff) if s not in finishing]
+    report.counts["shoppers_without_key"] = len(keyless)
+    if finish_deletions and keyless and not keys.key_store.shopper_ids():
+        raise PurgeRefused(
+            "the key store holds no key at all: check FACEPAY_KEY_STORE before finishing "
+            "deletions (every shopper would be deleted)"
+        )
     if dry_run:
         report.inactive_shoppers = inactive
-        report.counts["deletions_finished"] = len(keyless)
+        report.counts["deletions_finished"] = len(finishing)
         return report
 
-    _delete_in_batches(sessions, keys, keyless, via="key_destroyed")
-    report.counts["deletions_finished"] = len(keyless)
+    _delete_in_batches(sessions, keys, sorted(finishing), via="key_destroyed")
+    report.counts["deletions_finished"] = len(finishing)
     _delete_in_batches(sessions, keys, inactive, via="retention")
     report.inactive_shoppers = inactive
 

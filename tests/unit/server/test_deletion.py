@@ -217,7 +217,16 @@ def check_restored_copy(
     with pytest.raises(GalleryUnavailable, match="facepay server purge"), restored.app_context():
         svc.start()
 
-    report = purge(svc.sessions, svc.keys, svc.settings, orphan_grace_s=0)
+    # Not by default: a misplaced key store would make every shopper look deleted.
+    cautious = purge(svc.sessions, svc.keys, svc.settings, orphan_grace_s=0)
+    assert cautious.counts == {
+        **cautious.counts,
+        "shoppers_without_key": 1,
+        "deletions_finished": 0,
+    }
+    with svc.sessions() as session:
+        assert session.get(Shopper, marie_id).status == "active"  # type: ignore[union-attr]
+    report = purge(svc.sessions, svc.keys, svc.settings, orphan_grace_s=0, finish_deletions=True)
     assert report.counts["deletions_finished"] == 1
     with svc.sessions() as session:
         shopper = session.get(Shopper, marie_id)

@@ -320,3 +320,22 @@ def test_keys_generate_makes_the_production_keys_once(
     assert (secrets_dir / "master.key").read_bytes() == before  # never overwritten
     app = create_app()  # production mode now starts
     app.extensions["facepay"].engine.dispose()
+
+
+def test_an_empty_key_store_never_makes_the_purge_delete_everyone(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk
+) -> None:
+    """A misplaced or wrong key store makes every shopper look deleted: the purge leaves them
+    alone unless asked, and refuses even then when the store holds no key at all."""
+    from server.privacy.retention import PurgeRefused
+
+    svc = app.extensions["facepay"]
+    rng = np.random.default_rng(36)
+    ids = [enroll(client, kiosk, SyntheticFace(rng), name=f"Person{i} Test") for i in range(2)]
+    for shopper_id in ids:
+        svc.keys.key_store.destroy(shopper_id)
+    report = run_purge(app)
+    assert report.counts["shoppers_without_key"] == 2 and report.counts["deletions_finished"] == 0
+    with pytest.raises(PurgeRefused, match="holds no key"):
+        run_purge(app, finish_deletions=True)
+    assert [status_of(app, s) for s in ids] == ["active", "active"]
