@@ -9,7 +9,6 @@ The test fails, not skips, when CI=true and Chromium, chromedriver or Selenium i
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from server.db import transaction
 from server.operators import service as operators
 from server.shoppers.models import Shopper
 from tests.conftest import REPO
+from tests.support.browser import browser_or_skip
 from tests.support.kiosk import enrollment_payload
 from tests.support.payments import SyntheticFace, new_key, payment_payload
 from tests.support.processes import (
@@ -38,33 +38,12 @@ PASSWORD = "correct horse battery staple"
 EMAIL = "marie@example.com"
 
 
-def _browser_or_skip() -> tuple[str, str]:
-    """Chromium and chromedriver from Debian, and Selenium: fail in CI, skip elsewhere."""
-    chromium = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing = "selenium (pip install -e '.[test]')"
-    else:
-        missing = ", ".join(
-            name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path
-        )
-    if missing:
-        message = f"the browser tests need {missing} (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    assert chromium is not None and driver is not None
-    return chromium, driver
-
-
 @pytest.fixture
 def browser() -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver = _browser_or_skip()
+    chromium, driver = browser_or_skip()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in (

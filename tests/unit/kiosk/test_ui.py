@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import threading
 import time
 import urllib.error
@@ -39,6 +38,7 @@ from models.engine import FaceEngine
 from models.images import load_image
 from server.consent.service import Policy, default_texts
 from tests.conftest import REPO
+from tests.support.browser import browser_or_skip
 from tests.unit.kiosk.test_flow import APPROVED, ScriptedServer
 from tests.unit.kiosk.test_runner import P01, wait_for
 
@@ -443,27 +443,6 @@ ARTIFACTS = Path(os.environ.get("FACEPAY_TEST_ARTIFACTS", REPO / "tests" / "arti
 SIZES = [(1024, 600), (1920, 1080)]
 
 
-def _browser_or_skip() -> tuple[str, str]:
-    """Chromium and chromedriver from Debian, and Selenium: fail in CI, skip elsewhere."""
-    chromium = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing = "selenium (pip install -e '.[test]')"
-    else:
-        missing = ", ".join(
-            name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path
-        )
-    if missing:
-        message = f"the browser tests need {missing} (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    assert chromium is not None and driver is not None
-    return chromium, driver
-
-
 class Webcam:
     """A USB camera for `CameraSource` (its capture factory): it films whatever scene the test
     puts in front of it, about 20 frames a second, and can be unplugged."""
@@ -540,7 +519,7 @@ class Kiosk:
 
 @pytest.fixture(scope="module")
 def kiosk(engine: FaceEngine) -> Iterator[Kiosk]:
-    _browser_or_skip()
+    browser_or_skip()
     webcam = Webcam()
     source = CameraSource(
         0, capture_factory=webcam, stall_limit=0.5, retry_delay=0.05, max_retry_delay=0.2
@@ -573,7 +552,7 @@ def browser(kiosk: Kiosk) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver = _browser_or_skip()
+    chromium, driver = browser_or_skip()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in (

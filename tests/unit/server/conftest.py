@@ -101,3 +101,19 @@ def kiosk(app: Any, client: FlaskClient) -> SigningKiosk:
     with transaction(svc.sessions) as session:
         created = service.add_kiosk(session, svc.keys.audit_key, name="till-1", store="Montreal 01")
     return register_kiosk(client, created.pairing_code)
+
+
+@pytest.fixture
+def cli(app_config: dict[str, Any], app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`facepay server …` on the test's instance and database (click's CliRunner)."""
+    from click.testing import CliRunner
+
+    from server.cli import server_group
+
+    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
+    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(server_group, list(args))
+
+    return invoke

@@ -7,8 +7,6 @@ import json
 from typing import Any
 
 import numpy as np
-import pytest
-from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
@@ -17,19 +15,6 @@ from server.payments.models import Payment
 from tests.support.kiosk import SigningKiosk
 from tests.support.payments import SyntheticFace
 from tests.unit.server.test_payments import enroll, pay, wallet_balance
-
-
-@pytest.fixture
-def cli(app_config: dict[str, Any], app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from server.cli import server_group
-
-    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
-    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(server_group, list(args))
-
-    return invoke
 
 
 def test_ledger_check_passes_then_fails_when_totals_are_edited(

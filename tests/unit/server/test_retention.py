@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
@@ -42,19 +42,6 @@ LONG_AGO = utcnow() - dt.timedelta(days=400)
 def app_config(app_config: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("settings")
     return {**app_config, **(marker.kwargs if marker else {})}
-
-
-@pytest.fixture
-def cli(app_config: dict[str, Any], app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from server.cli import server_group
-
-    monkeypatch.setenv("FACEPAY_INSTANCE", app_config["instance"])
-    monkeypatch.setenv("FACEPAY_DATABASE_URL", app_config["database_url"])
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(server_group, list(args))
-
-    return invoke
 
 
 def age(app: Any, shopper_id: str, when: dt.datetime = LONG_AGO) -> None:
