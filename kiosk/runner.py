@@ -196,6 +196,7 @@ class Runner:
         self._new_session = False  # a session started and has not looked yet (the lock's)
         # Only the runner's thread (or step() in tests) touches these.
         self._used = False  # the recorded source has given frames since it was opened
+        self._empty_pass = False  # the last rewind came after a pass that gave no frame
         self._offset = 0.0  # added to a recorded source's timestamps
         self._last_source_stamp: float | None = None
         self._last_stamp: float | None = None
@@ -390,6 +391,7 @@ class Runner:
             stamp = self._last_stamp  # a camera's clock may not move between two frames
         self._last_stamp = stamp
         self._used = True
+        self._empty_pass = False
         return stamp
 
     def _session_starts(self) -> None:
@@ -413,8 +415,12 @@ class Runner:
         return True
 
     def _recording_ended(self) -> None:
-        if self._loop and self._reopen is not None and self._used and self._rewind():
-            return
+        # Looping, a pass that gave no frame (a session that began at the recording's very
+        # end) gets one more pass; two empty passes in a row mean the recording is empty.
+        if self._loop and self._reopen is not None and (self._used or not self._empty_pass):
+            self._empty_pass = not self._used
+            if self._rewind():
+                return
         with self._lock:
             if self._flow.state in FACE_STATES:
                 self._flow.end_of_source()

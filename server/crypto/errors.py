@@ -54,6 +54,11 @@ class ReplayError(CryptoError):
     freshness could not be established (e.g. the nonce store failed)."""
 
 
+class NonceStoreUnavailable(ReplayError):
+    """The nonce store failed: the request is refused (fail closed), but it was not a replay,
+    so the caller may answer "try again" rather than "not trusted"."""
+
+
 class KeyStoreError(CryptoError):
     """Base class for key store failures."""
 

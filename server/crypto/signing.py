@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from server.crypto._encoding import encode_fields
-from server.crypto.errors import ReplayError, SignatureError
+from server.crypto.errors import NonceStoreUnavailable, ReplayError, SignatureError
 
 __all__ = [
     "DEFAULT_WINDOW_SECONDS",
@@ -270,7 +270,7 @@ class ReplayGuard:
         try:
             already_seen = self._seen(kiosk_id, nonce)
         except Exception as exc:  # fail closed on any store failure
-            raise ReplayError("nonce store unavailable") from exc
+            raise NonceStoreUnavailable("nonce store unavailable") from exc
         if already_seen is not False:
             if already_seen is not True:
                 raise ReplayError("nonce store returned a non-boolean answer")

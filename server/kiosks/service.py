@@ -16,9 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.audit.service import record_event
-from server.crypto import ReplayError, ReplayGuard, SignatureError, verify_signed_request
+from server.crypto import (
+    NonceStoreUnavailable,
+    ReplayError,
+    ReplayGuard,
+    SignatureError,
+    verify_signed_request,
+)
 from server.db import utcnow
-from server.errors import ProblemError
+from server.errors import ProblemError, Unavailable
 from server.kiosks.models import Kiosk, RequestNonce
 
 logger = logging.getLogger(__name__)
@@ -188,6 +194,12 @@ def authenticate(
             nonce=signed.nonce,
             kiosk_id=signed.kiosk_id,
         )
+    except NonceStoreUnavailable:
+        # The database did not answer: not a replay, so the kiosk sends the request again.
+        raise Unavailable(
+            "the request's nonce could not be recorded; send the request again",
+            code="database_unavailable",
+        ) from None
     except ReplayError as exc:
         raise KioskAuthError(str(exc), code="request_replayed_or_stale") from None
     except SignatureError:

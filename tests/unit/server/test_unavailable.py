@@ -262,3 +262,30 @@ def test_a_5xx_problem_is_not_stored_as_the_keys_answer(app: Any) -> None:
     outcome = idempotency.run(svc.sessions, work=up, **arguments)  # type: ignore[arg-type]
     assert (outcome.status, outcome.body, outcome.replayed) == (200, {"ok": True}, False)
     assert calls == ["down", "up"]
+
+
+def test_a_nonce_the_database_cannot_record_is_a_503_not_a_verdict(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the PostgreSQL restart in tests/adversarial/test_faults.py: the nonce store
+    failing was answered 401 request_replayed_or_stale, a final answer, so the kiosk gave up
+    on a payment. It is refused (fail closed) but as 503, and the kiosk's retry goes through."""
+    import sqlalchemy.exc
+
+    from server.kiosks import service as kiosks
+
+    face = SyntheticFace(np.random.default_rng(77))
+    enroll(client, kiosk, face)
+    real = kiosks.RequestNonce
+
+    def failing(**_: Any) -> Any:
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+
+    monkeypatch.setattr(kiosks, "RequestNonce", failing)
+    payload, key = payment_payload(kiosk, face.sample(), 300), new_key()
+    refused = signed(client, kiosk, "POST", "/v1/payments", payload, key=key)
+    assert is_unavailable(refused, "database_unavailable"), refused.get_json()
+    assert count(app, Payment) == 0
+    monkeypatch.setattr(kiosks, "RequestNonce", real)
+    retried = signed(client, kiosk, "POST", "/v1/payments", payload, key=key)
+    assert retried.status_code == 201 and retried.get_json()["status"] == "approved"
