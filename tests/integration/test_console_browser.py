@@ -21,7 +21,7 @@ from server.db import transaction
 from server.operators import service as operators
 from server.shoppers.models import Shopper
 from tests.conftest import REPO
-from tests.support.browser import browser_or_skip
+from tests.support.browser import headless_chromium
 from tests.support.kiosk import enrollment_payload
 from tests.support.payments import SyntheticFace, new_key, payment_payload
 from tests.support.processes import (
@@ -40,24 +40,7 @@ EMAIL = "marie@example.com"
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = browser_or_skip()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # the tests may run as root (CI)
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--force-device-scale-factor=1",
-        "--window-size=1280,900",
-        "--lang=en-CA",
-    ):
-        options.add_argument(argument)
-    chrome = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    chrome = headless_chromium(1280, 900)
     try:
         yield chrome
     finally:

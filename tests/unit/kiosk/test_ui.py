@@ -38,7 +38,7 @@ from models.engine import FaceEngine
 from models.images import load_image
 from server.consent.service import Policy, default_texts
 from tests.conftest import REPO
-from tests.support.browser import browser_or_skip
+from tests.support.browser import browser_or_skip, headless_chromium
 from tests.unit.kiosk.test_flow import APPROVED, ScriptedServer
 from tests.unit.kiosk.test_runner import P01, wait_for
 
@@ -549,24 +549,7 @@ def kiosk(engine: FaceEngine) -> Iterator[Kiosk]:
 
 @pytest.fixture(scope="module")
 def browser(kiosk: Kiosk) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = browser_or_skip()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # the tests may run as root (CI)
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--force-device-scale-factor=1",
-        "--window-size=1920,1080",
-        "--lang=en-CA",
-    ):
-        options.add_argument(argument)
-    chrome = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    chrome = headless_chromium(1920, 1080)
     try:
         chrome.get(kiosk.url)
         yield chrome
