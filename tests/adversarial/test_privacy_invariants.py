@@ -30,10 +30,10 @@ from server.payments.models import Payment
 from server.privacy.retention import purge
 from server.shoppers.models import Shopper
 from tests.adversarial.conftest import Tally
-from tests.support.kiosk import SigningKiosk, enrollment_payload
+from tests.support.kiosk import SigningKiosk
 from tests.support.payments import SyntheticFace
 from tests.unit.server.test_deletion import delete_me
-from tests.unit.server.test_payments import pay, signed, step_up
+from tests.unit.server.test_payments import enroll, pay, step_up
 from tests.unit.server.test_shopper_web import ask, outbox, post, read_mail
 
 IMAGE_MAGIC = {
@@ -80,29 +80,8 @@ class Recorder:
         return client
 
 
-def enroll(client: FlaskClient, kiosk: SigningKiosk, face: RecordingFace, name: str) -> str:
-    policy = client.get("/v1/policy").get_json()
-    first = name.split(maxsplit=1)[0].lower()
-    payload = enrollment_payload(
-        kiosk,
-        policy,
-        face.templates(),
-        name=name,
-        email=f"{first}@example.com",
-        phone=f"+1 514 555 {abs(hash(first)) % 10_000:04d}",
-        wallet=100_000,
-    )
-    response = signed(client, kiosk, "POST", "/v1/enrollments", payload)
-    assert response.status_code == 201, response.get_json()
-    shopper_id: str = response.get_json()["shopper_id"]
-    return shopper_id
-
-
-def phone_last4(app: Any, shopper_id: str) -> str:
-    with app.extensions["facepay"].sessions() as session:
-        shopper = session.get(Shopper, shopper_id)
-        assert shopper is not None
-        return shopper.phone[-4:]
+def phone(number: int) -> str:
+    return f"+1 514 555 {1000 + number}"
 
 
 def csrf(client: FlaskClient, page: str) -> str:
@@ -139,13 +118,16 @@ def play_every_path(
     rng = np.random.default_rng(99)
     faces = [RecordingFace(rng) for _ in range(5)]
     names = ["Amelie Roy", "Bruno Caron", "Chloe Gagnon", "Dania Haddad", "Elie Fortin"]
-    ids = [enroll(client, kiosk, face, name) for face, name in zip(faces, names, strict=True)]
+    ids = [
+        enroll(client, kiosk, face, name=name, phone=phone(number))
+        for number, (face, name) in enumerate(zip(faces, names, strict=True))
+    ]
     for face in faces:
         assert pay(client, kiosk, face, 1_500).get_json()["status"] == "approved"
     # Step-up: answered, and left to expire (the held probe must go with it).
     challenge = pay(client, kiosk, faces[0], 20_000).get_json()
     assert challenge["status"] == "step_up_required"
-    answered = step_up(client, kiosk, challenge, phone_last4(app, ids[0])).get_json()
+    answered = step_up(client, kiosk, challenge, phone(0)[-4:]).get_json()
     assert answered["status"] == "approved", answered
     left = pay(client, kiosk, faces[1], 20_000).get_json()
     assert left["status"] == "step_up_required"
@@ -164,7 +146,7 @@ def play_every_path(
     faces.append(stranger)
     assert delete_me(client, kiosk, faces[2], "0000").get_json()["status"] == "not_found"
     # Deletion at the kiosk.
-    kiosk_deleted = delete_me(client, kiosk, faces[2], phone_last4(app, ids[2])).get_json()
+    kiosk_deleted = delete_me(client, kiosk, faces[2], phone(2)[-4:]).get_json()
     assert kiosk_deleted["status"] == "deleted"
     # Export, then deletion, on the web.
     for purpose in ("export", "delete"):
