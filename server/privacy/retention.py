@@ -93,12 +93,13 @@ def purge(
     now = now or utcnow()
     cutoff = now - dt.timedelta(days=settings.retention_days)
     report = PurgeReport(cutoff.isoformat(), settings.retention_days, dry_run=dry_run)
+    held = set(keys.key_store.shopper_ids())
     with sessions() as session:
-        keyless = keyless_shoppers(session, keys)
+        keyless = keyless_shoppers(session, held)
         finishing = set(keyless) if finish_deletions else set()
         inactive = [s for s in inactive_shoppers(session, cutoff) if s not in finishing]
     report.counts["shoppers_without_key"] = len(keyless)
-    if finish_deletions and keyless and not keys.key_store.shopper_ids():
+    if finish_deletions and keyless and not held:
         raise PurgeRefused(
             "the key store holds no key at all: check FACEPAY_KEY_STORE before finishing "
             "deletions (every shopper would be deleted)"
@@ -144,12 +145,11 @@ def purge(
     return report
 
 
-def keyless_shoppers(session: Session, keys: InstanceKeys) -> list[str]:
-    """Shoppers not deleted whose data key is gone: a database restored from a backup taken
-    before their deletion. Their templates cannot be opened any more; the purge finishes the
-    deletion in the database too. (A new enrollment writes its key before it commits, so a
-    committed shopper without a key is never one still being enrolled.)"""
-    held = set(keys.key_store.shopper_ids())
+def keyless_shoppers(session: Session, held: set[str]) -> list[str]:
+    """Shoppers not deleted whose data key is not among `held` (the key store's): usually a
+    database restored from a backup taken before their deletion, whose templates cannot be
+    opened any more. (A new enrollment writes its key before it commits, so a committed
+    shopper without a key is never one still being enrolled.)"""
     return [
         shopper_id
         for shopper_id in session.scalars(
