@@ -157,18 +157,17 @@ def authenticate(
     window_seconds: int,
 ) -> Kiosk:
     """Check a kiosk request: known and active kiosk, fresh timestamp, valid signature, unused
-    nonce. The nonce is recorded in its own transaction, so a replay is refused even when the
-    first request later fails."""
+    nonce. The nonce is committed before the request's own work, so a replay is refused even
+    when the first request later fails. One transaction reads the kiosk and records the nonce:
+    on SQLite each transaction takes the write lock, so a second one would cost as much again."""
     with sessions() as session:
         kiosk = session.get(Kiosk, signed.kiosk_id) if _plausible_id(signed.kiosk_id) else None
         if kiosk is None or kiosk.public_key is None:
             raise KioskAuthError("unknown kiosk", code="kiosk_unknown")
         if kiosk.status != "active":
             raise KioskAuthError("this kiosk has been revoked", code="kiosk_revoked", status=403)
-        public_key = bytes(kiosk.public_key)
 
-    def seen(kiosk_id: str, nonce: str) -> bool:
-        with sessions() as session:
+        def seen(kiosk_id: str, nonce: str) -> bool:
             session.add(RequestNonce(kiosk_id=kiosk_id, nonce=nonce))
             try:
                 session.commit()
@@ -181,31 +180,31 @@ def authenticate(
                 session.commit()
             return False
 
-    guard = ReplayGuard(seen, window_seconds=window_seconds)
-    try:
-        verify_signed_request(
-            public_key,
-            signed.signature,
-            guard,
-            method=method,
-            path=path,
-            body_sha256_hex=body_sha256_hex,
-            timestamp=signed.timestamp,
-            nonce=signed.nonce,
-            kiosk_id=signed.kiosk_id,
-        )
-    except NonceStoreUnavailable:
-        # The database did not answer: not a replay, so the kiosk sends the request again.
-        raise Unavailable(
-            "the request's nonce could not be recorded; send the request again",
-            code="database_unavailable",
-        ) from None
-    except ReplayError as exc:
-        raise KioskAuthError(str(exc), code="request_replayed_or_stale") from None
-    except SignatureError:
-        raise KioskAuthError(
-            "the request signature does not verify", code="bad_signature"
-        ) from None
+        guard = ReplayGuard(seen, window_seconds=window_seconds)
+        try:
+            verify_signed_request(
+                bytes(kiosk.public_key),
+                signed.signature,
+                guard,
+                method=method,
+                path=path,
+                body_sha256_hex=body_sha256_hex,
+                timestamp=signed.timestamp,
+                nonce=signed.nonce,
+                kiosk_id=signed.kiosk_id,
+            )
+        except NonceStoreUnavailable:
+            # The database did not answer: not a replay, so the kiosk sends the request again.
+            raise Unavailable(
+                "the request's nonce could not be recorded; send the request again",
+                code="database_unavailable",
+            ) from None
+        except ReplayError as exc:
+            raise KioskAuthError(str(exc), code="request_replayed_or_stale") from None
+        except SignatureError:
+            raise KioskAuthError(
+                "the request signature does not verify", code="bad_signature"
+            ) from None
     return kiosk
 
 

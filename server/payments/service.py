@@ -242,13 +242,23 @@ def _settle(
 ) -> tuple[str | None, int | None]:
     """A face (and, after step-up, a phone ending) named the shopper: check what the rules
     ask, then capture or hold. Returns the label and balance to show when approved."""
+    # The payment is written once, with its outcome, rather than inserted by the first query
+    # and updated after: this is the hot path of every payment.
+    with session.no_autoflush:
+        return _settle_unflushed(session, payment, shopper_id, settings, now)
+
+
+def _settle_unflushed(
+    session: Session, payment: Payment, shopper_id: str, settings: Settings, now: dt.datetime
+) -> tuple[str | None, int | None]:
     payment.shopper_id = shopper_id
-    shopper = session.get(Shopper, shopper_id)
-    if shopper is None or shopper.status == "deleted":
+    found = _shopper_and_consent(session, shopper_id)
+    if found is None or found[0].status == "deleted":
         return _decline(payment, "no_match")
+    shopper, consented = found
     if shopper.status == "suspended":
         return _decline(payment, "account_suspended")
-    if _consent_withdrawn(session, shopper_id):
+    if not consented:
         return _decline(payment, "consent_withdrawn")
     if payment.amount > settings.limit_per_payment:
         return _decline(payment, "limit_exceeded")
@@ -259,12 +269,17 @@ def _settle(
     wallet = ledger.wallet_of(session, shopper_id, lock=True)
     if wallet is None or wallet.currency != payment.currency:
         return _decline(payment, "currency_mismatch")
-    _expire_holds_of(session, shopper_id, now)
+    if wallet.debits_held:  # only a wallet with holds can have stale ones
+        _expire_holds_of(session, shopper_id, now)
     if _spent_today(session, shopper_id, now) + payment.amount > settings.limit_per_day:
         return _decline(payment, "limit_exceeded")
     if wallet.available < payment.amount:
         return _decline(payment, "insufficient_funds")
+    payment.decline_code = None
     if payment.capture_method == "automatic":
+        payment.state, payment.captured_amount = CAPTURED, payment.amount
+        payment.expires_at = None
+        session.flush()  # the payment row, before the transfer that refers to it
         store = ledger.store_account(session, payment.store, payment.currency)
         ledger.transfer(
             session,
@@ -274,13 +289,10 @@ def _settle(
             kind="charge",
             payment_id=payment.id,
         )
-        payment.state, payment.captured_amount = CAPTURED, payment.amount
-        payment.expires_at = None
     else:
         ledger.hold(wallet, payment.amount)
         payment.state = AUTHORIZED
         payment.expires_at = now + dt.timedelta(seconds=settings.authorization_ttl_s)
-    payment.decline_code = None
     shopper.last_activity_at = now  # the retention clock starts again
     return shopper.masked_label, wallet.available
 
@@ -308,14 +320,19 @@ def _close_challenge(payment: Payment) -> None:
     payment.expires_at = None
 
 
-def _consent_withdrawn(session: Session, shopper_id: str) -> bool:
-    latest = session.execute(
-        select(Consent.withdrawn_at)
-        .where(Consent.shopper_id == shopper_id)
+def _shopper_and_consent(session: Session, shopper_id: str) -> tuple[Shopper, bool] | None:
+    """The shopper and whether their latest consent stands, in one query."""
+    latest_withdrawn = (
+        select(case((Consent.withdrawn_at.is_(None), 0), else_=1))
+        .where(Consent.shopper_id == Shopper.id)
         .order_by(Consent.recorded_at.desc())
         .limit(1)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(Shopper, func.coalesce(latest_withdrawn, 1)).where(Shopper.id == shopper_id)
     ).first()
-    return latest is None or latest[0] is not None
+    return None if row is None else (row[0], row[1] == 0)
 
 
 def _spent_today(session: Session, shopper_id: str, now: dt.datetime) -> int:
