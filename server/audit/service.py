@@ -35,8 +35,8 @@ def record_event(
     subject: str | None = None,
     actor: str | None = None,
     data: Mapping[str, Any] | None = None,
-) -> AuditRecord:
-    """Append one event to the chain, inside the caller's transaction.
+) -> int:
+    """Append one event to the chain, inside the caller's transaction; returns its number.
 
     Appends are serialized (an advisory lock on PostgreSQL; SQLite transactions already start
     with a write lock), so the chain never forks.
@@ -57,17 +57,20 @@ def record_event(
         "data": dict(data or {}),
     }
     digest = link_record(audit_key, previous, seq, record)
-    row = AuditRecord(
-        seq=seq,
-        at=at,
-        kind=kind,
-        subject=subject,
-        record=canonical_bytes(record).decode("utf-8"),
-        hash=digest,
+    # A plain insert, not an ORM object: nothing reads the row back in this transaction, and
+    # every match attempt and payment writes one.
+    session.connection().execute(
+        AuditRecord.__table__.insert(),  # type: ignore[attr-defined]
+        {
+            "seq": seq,
+            "at": at,
+            "kind": kind,
+            "subject": subject,
+            "record": canonical_bytes(record).decode("utf-8"),
+            "hash": digest,
+        },
     )
-    session.add(row)
-    session.flush()
-    return row
+    return seq
 
 
 def _rows(session: Session) -> Iterator[tuple[int, bytes, bytes]]:

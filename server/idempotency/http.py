@@ -15,7 +15,9 @@ from server.kiosks.auth import current_kiosk
 
 
 def respond_once(
-    headers: Mapping[str, Any], parameters: Mapping[str, Any], work: idempotency.Work
+    headers: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    work: idempotency.Work | idempotency.Staged,
 ) -> Response:
     """Run `work` once for this kiosk's key and these parameters; replays say so in a header."""
     svc = services()

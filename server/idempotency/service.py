@@ -45,6 +45,13 @@ MAX_KEY_LENGTH = 255
 Work = Callable[[Session], tuple[int, dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class Staged:
+    """Work in two parts: `prepare` needs no database and returns the `Work` that does."""
+
+    prepare: Callable[[], Work]
+
+
 class KeyInUse(ProblemError):
     status_code = 409
     code = "idempotency_key_in_use"
@@ -100,18 +107,24 @@ def run(
     key: str,
     fingerprint: str,
     lease_s: float,
-    work: Work,
+    work: Work | Staged,
 ) -> Outcome:
-    """Run `work` at most once for this key; returns its (status, body) or the stored one."""
+    """Run `work` at most once for this key; returns its (status, body) or the stored one.
+
+    A `Staged` work first runs its part that needs no database (opening and matching a probe)
+    outside the transaction, then the `Work` it returns inside it: on SQLite a transaction
+    holds the write lock from its first statement, so the lock is not held while matching."""
     claimed = claim(sessions, scope=scope, key=key, fingerprint=fingerprint, lease_s=lease_s)
     if isinstance(claimed, Outcome):
         return claimed
     try:
         with transaction(sessions) as session:
-            _keep(session, claimed, lease_s)
+            # Whether the claim is still ours is checked when the answer is recorded, in the
+            # same commit as the work, so a request taken over cannot record a second result.
             try:
+                todo = work.prepare() if isinstance(work, Staged) else work
                 with session.begin_nested():
-                    status, body = work(session)
+                    status, body = todo(session)
             except ProblemError as error:  # an answer too: stored and replayed like any other
                 if error.status_code >= 500:
                     raise  # not an answer: nothing kept, the key released for the retry
@@ -136,18 +149,24 @@ def claim(
     """Claim the key, or return its stored response; raises `KeyInUse` or `KeyReused`."""
     owner = str(uuid.uuid4())
     with sessions() as session:
-        record = IdempotencyKey(
-            scope=scope,
-            key=key,
-            fingerprint=fingerprint,
-            state=RUNNING,
-            owner=owner,
-            lease_until=utcnow() + dt.timedelta(seconds=lease_s),
-        )
-        session.add(record)
+        now = utcnow()
         try:
+            inserted = session.connection().execute(
+                IdempotencyKey.__table__.insert(),  # type: ignore[attr-defined]
+                {
+                    "scope": scope,
+                    "key": key,
+                    "fingerprint": fingerprint,
+                    "state": RUNNING,
+                    "owner": owner,
+                    "lease_until": now + dt.timedelta(seconds=lease_s),
+                    "created_at": now,
+                },
+            )
+            row_key = inserted.inserted_primary_key
+            assert row_key is not None
             session.commit()
-            return Claim(record.id, owner)
+            return Claim(int(row_key[0]), owner)
         except IntegrityError:
             session.rollback()
         existing = session.scalars(
@@ -180,25 +199,14 @@ def claim(
         raise KeyInUse("retry later with the same key", headers={"Retry-After": "1"})
 
 
-def _keep(session: Session, claimed: Claim, lease_s: float) -> None:
-    """Renew the lease and, on PostgreSQL, hold the key's row lock while the work runs."""
-    kept = session.execute(
+def _complete(session: Session, claimed: Claim, status: int, body: dict[str, Any]) -> None:
+    done = session.execute(
         update(IdempotencyKey)
         .where(
             IdempotencyKey.id == claimed.record_id,
             IdempotencyKey.owner == claimed.owner,
             IdempotencyKey.state == RUNNING,
         )
-        .values(lease_until=utcnow() + dt.timedelta(seconds=lease_s))
-    )
-    if kept.rowcount != 1:  # type: ignore[attr-defined]
-        raise KeyInUse("another attempt with this key took over; retry with the same key")
-
-
-def _complete(session: Session, claimed: Claim, status: int, body: dict[str, Any]) -> None:
-    done = session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.id == claimed.record_id, IdempotencyKey.owner == claimed.owner)
         .values(
             state=DONE,
             response_status=status,

@@ -168,8 +168,11 @@ def authenticate(
             raise KioskAuthError("this kiosk has been revoked", code="kiosk_revoked", status=403)
 
         def seen(kiosk_id: str, nonce: str) -> bool:
-            session.add(RequestNonce(kiosk_id=kiosk_id, nonce=nonce))
             try:
+                session.connection().execute(
+                    RequestNonce.__table__.insert(),  # type: ignore[attr-defined]
+                    {"kiosk_id": kiosk_id, "nonce": nonce, "seen_at": utcnow()},
+                )
                 session.commit()
             except IntegrityError:
                 session.rollback()

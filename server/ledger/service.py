@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from server.db import utcnow
 from server.ledger.models import FUNDING, STORE, WALLET, Account, Transfer
 from server.payments.models import Payment
 
@@ -69,29 +70,34 @@ def transfer(
     kind: str,
     payment_id: str | None = None,
     reference: str | None = None,
-) -> Transfer:
-    """Post one transfer; both accounts must be locked by the caller's transaction."""
+) -> str:
+    """Post one transfer; both accounts must be locked by the caller's transaction. Returns
+    the transfer's id."""
     if amount <= 0:
         raise ValueError("a transfer moves a positive amount")
     if debit.currency != credit.currency:
         raise ValueError("a transfer stays within one currency")
     if debit.kind == WALLET and debit.available < amount:
         raise ValueError("a wallet cannot be overdrawn")
-    row = Transfer(
-        id=str(uuid.uuid4()),
-        debit_account=debit.id,
-        credit_account=credit.id,
-        amount=amount,
-        currency=debit.currency,
-        kind=kind,
-        payment_id=payment_id,
-        reference=reference,
-    )
     debit.debits_posted += amount
     credit.credits_posted += amount
-    session.add(row)
-    session.flush()
-    return row
+    session.flush()  # the accounts' totals, and whatever the transfer refers to, first
+    transfer_id = str(uuid.uuid4())
+    session.connection().execute(
+        Transfer.__table__.insert(),  # type: ignore[attr-defined]
+        {
+            "id": transfer_id,
+            "debit_account": debit.id,
+            "credit_account": credit.id,
+            "amount": amount,
+            "currency": debit.currency,
+            "kind": kind,
+            "payment_id": payment_id,
+            "reference": reference,
+            "created_at": utcnow(),
+        },
+    )
+    return transfer_id
 
 
 def hold(wallet: Account, amount: int) -> None:

@@ -27,7 +27,9 @@ _HOUSEKEEPING_CHANCE = 200  # about one request in this many expires stale holds
 
 
 def _once(
-    headers: Mapping[str, Any], parameters: Mapping[str, Any], work: idempotency.Work
+    headers: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    work: idempotency.Work | idempotency.Staged,
 ) -> Response:
     response = respond_once(headers, parameters, work)
     if idempotency.now_and_then(_HOUSEKEEPING_CHANCE):
@@ -60,13 +62,10 @@ def create_payment(headers: dict[str, Any], body: dict[str, Any]) -> Response:
     return _once(
         headers,
         body,
-        lambda session: service.create(
-            session,
-            kiosk=kiosk,
-            body=body,
-            keys=svc.keys,
-            gallery=svc.gallery,
-            settings=svc.settings,
+        idempotency.Staged(
+            lambda: service.match_then_record(
+                kiosk=kiosk, body=body, keys=svc.keys, gallery=svc.gallery, settings=svc.settings
+            )
         ),
     )
 

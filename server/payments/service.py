@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -126,16 +126,17 @@ def view(
 # ---------------------------------------------------------------- authorization
 
 
-def create(
-    session: Session,
+def match_then_record(
     *,
     kiosk: Kiosk,
     body: Mapping[str, Any],
     keys: InstanceKeys,
     gallery: Gallery,
     settings: Settings,
-) -> Answer:
-    """`POST /v1/payments`: match the probe, then approve, decline or ask for step-up."""
+) -> Callable[[Session], Answer]:
+    """`POST /v1/payments` in two parts: open and match the probe (no database, so outside
+    the transaction), then return what approves, declines or asks for step-up, and records
+    the payment with its audit record, in the caller's transaction."""
     now = utcnow()
     currency = body["currency"]
     if currency not in settings.accepted_currencies:
@@ -149,37 +150,43 @@ def create(
         gallery=gallery,
         liveness_required=settings.liveness_required,
     )
-    payment = Payment(
-        id=str(uuid.uuid4()),
-        kiosk_id=kiosk.id,
-        store=kiosk.store,
-        amount=body["amount"],
-        currency=currency,
-        capture_method=body["capture_method"],
-        state=DECLINED,
-        captured_amount=0,
-        refunded_amount=0,
-        stepped_up=False,
-        step_up_tries=0,
-        probe_pack=pack,
-        probe_liveness=liveness,
-        created_at=now,
-    )
-    session.add(payment)
     decision = gallery.identify(pack, vectors[0])
-    label, balance = None, None
-    if decision.outcome == "match":
-        assert decision.shopper_id is not None
-        label, balance = _settle(session, payment, decision.shopper_id, settings, now)
-    elif decision.outcome == "step_up":
-        _open_challenge(payment, b64decode(probe["sealed"]), "identity", settings, now)
-    else:
-        payment.decline_code = "no_match"
-    if payment.state == STEP_UP_REQUIRED and payment.sealed_probe is None:
-        _open_challenge(payment, b64decode(probe["sealed"]), "amount", settings, now)
-    session.flush()
-    _audit_attempt(session, keys, kiosk, payment, decision, purpose="pay")
-    return 201, view(payment, tries_allowed=settings.step_up_tries, label=label, balance=balance)
+
+    def record(session: Session) -> Answer:
+        payment = Payment(
+            id=str(uuid.uuid4()),
+            kiosk_id=kiosk.id,
+            store=kiosk.store,
+            amount=body["amount"],
+            currency=currency,
+            capture_method=body["capture_method"],
+            state=DECLINED,
+            captured_amount=0,
+            refunded_amount=0,
+            stepped_up=False,
+            step_up_tries=0,
+            probe_pack=pack,
+            probe_liveness=liveness,
+            created_at=now,
+        )
+        session.add(payment)
+        label, balance = None, None
+        if decision.outcome == "match":
+            assert decision.shopper_id is not None
+            label, balance = _settle(session, payment, decision.shopper_id, settings, now)
+        elif decision.outcome == "step_up":
+            _open_challenge(payment, b64decode(probe["sealed"]), "identity", settings, now)
+        else:
+            payment.decline_code = "no_match"
+        if payment.state == STEP_UP_REQUIRED and payment.sealed_probe is None:
+            _open_challenge(payment, b64decode(probe["sealed"]), "amount", settings, now)
+        session.flush()
+        _audit_attempt(session, keys, kiosk, payment, decision, purpose="pay")
+        return 201, view(
+            payment, tries_allowed=settings.step_up_tries, label=label, balance=balance
+        )
+
+    return record
 
 
 def step_up(
