@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -259,13 +259,12 @@ def _settle_unflushed(
     session: Session, payment: Payment, shopper_id: str, settings: Settings, now: dt.datetime
 ) -> tuple[str | None, int | None]:
     payment.shopper_id = shopper_id
-    found = _shopper_and_consent(session, shopper_id)
-    if found is None or found[0].status == "deleted":
+    shopper = _shopper_and_consent(session, shopper_id)
+    if shopper is None or shopper.status == "deleted":
         return _decline(payment, "no_match")
-    shopper, consented = found
     if shopper.status == "suspended":
         return _decline(payment, "account_suspended")
-    if not consented:
+    if not shopper.consented:
         return _decline(payment, "consent_withdrawn")
     if payment.amount > settings.limit_per_payment:
         return _decline(payment, "limit_exceeded")
@@ -300,7 +299,11 @@ def _settle_unflushed(
         ledger.hold(wallet, payment.amount)
         payment.state = AUTHORIZED
         payment.expires_at = now + dt.timedelta(seconds=settings.authorization_ttl_s)
-    shopper.last_activity_at = now  # the retention clock starts again
+    session.connection().execute(  # the retention clock starts again
+        Shopper.__table__.update()  # type: ignore[attr-defined]
+        .where(Shopper.__table__.c.id == shopper_id)
+        .values(last_activity_at=now)
+    )
     return shopper.masked_label, wallet.available
 
 
@@ -327,8 +330,15 @@ def _close_challenge(payment: Payment) -> None:
     payment.expires_at = None
 
 
-def _shopper_and_consent(session: Session, shopper_id: str) -> tuple[Shopper, bool] | None:
-    """The shopper and whether their latest consent stands, in one query."""
+class _ShopperFacts(NamedTuple):
+    status: str
+    masked_label: str
+    consented: bool  # the latest consent stands
+
+
+def _shopper_and_consent(session: Session, shopper_id: str) -> _ShopperFacts | None:
+    """What a payment needs of the shopper, and whether their latest consent stands, in one
+    query (columns, not the ORM object: this is on every payment's path)."""
     latest_withdrawn = (
         select(case((Consent.withdrawn_at.is_(None), 0), else_=1))
         .where(Consent.shopper_id == Shopper.id)
@@ -337,9 +347,11 @@ def _shopper_and_consent(session: Session, shopper_id: str) -> tuple[Shopper, bo
         .scalar_subquery()
     )
     row = session.execute(
-        select(Shopper, func.coalesce(latest_withdrawn, 1)).where(Shopper.id == shopper_id)
+        select(Shopper.status, Shopper.masked_label, func.coalesce(latest_withdrawn, 1)).where(
+            Shopper.id == shopper_id
+        )
     ).first()
-    return None if row is None else (row[0], row[1] == 0)
+    return None if row is None else _ShopperFacts(row[0], row[1], row[2] == 0)
 
 
 def _spent_today(session: Session, shopper_id: str, now: dt.datetime) -> int:
