@@ -78,9 +78,9 @@ SIGNATURE_WINDOW_S = 300  # the server's default (FACEPAY_SIGNATURE_WINDOW_S)
 # tills, so that the server's per-kiosk rate limit (its default, 30/s and 600/min) stays on
 # and what is measured is the whole production request path.
 KIOSKS = 64
-# gunicorn shape and connections per database, chosen by measurement (the printed section
-# says how and why).
-DEFAULT_SHAPES = {"sqlite": ("sync:1", "1"), "postgresql": ("sync:2", "4")}
+# gunicorn shapes and connections per database: the best found by measurement and the next
+# one up, both printed (the section says how and why).
+DEFAULT_SHAPES = {"sqlite": ("sync:1,sync:2", "2"), "postgresql": ("sync:2,sync:3", "4")}
 
 
 # ---------------------------------------------------------------- the server's shape
@@ -720,13 +720,16 @@ def main() -> None:
         "this size asks every face for step-up. This measures the authorization path; when to "
         "ask for step-up is a policy choice.",
         "",
-        "gunicorn shape and connections chosen by measurement (sync 1-3 workers, gthread 1-2 "
-        "workers x 2-4 threads, 1-8 connections): a request is CPU-bound Python, so threads add "
-        "contention, not throughput. SQLite: every transaction takes the database's write lock "
-        "(`BEGIN IMMEDIATE`, reads too), so requests are serial whatever the workers, and a "
-        "second process only adds busy-timeout sleeps (the same rate, p99 0.6-1.6 s): one "
-        "worker. PostgreSQL: one sync worker per core, two connections each; more workers, "
-        "threads or connections queued (p99 up) for no more throughput.",
+        "gunicorn shapes and connections chosen by measurement (sync 1-3 workers, gthread 1-2 "
+        "workers x 2-4 threads, 1-8 connections; each database is shown with its best shape and "
+        "the next one up): a request is CPU-bound Python, so threads add contention, not "
+        "throughput, and more connections than workers only queue (p99 up, the rate the same or "
+        "lower). SQLite: writers take turns (a lock file beside the database, then `BEGIN "
+        "IMMEDIATE`), and a payment spends most of its time in its three write transactions "
+        "(kiosk and nonce, idempotency claim, the work), so payments are nearly serial: a "
+        "second worker adds CPU spent waiting for the turn, not throughput. Commits are "
+        "durable (`synchronous=FULL`, the default): money must survive a power cut. PostgreSQL: "
+        "workers run in parallel, so the machine's two cores are the limit.",
         "",
         "CPU per authorization is read from /proc over the timed phase: gunicorn's processes, "
         "the PostgreSQL backends of the bench database, the load generator. *CPU ceiling*: the "
