@@ -78,8 +78,8 @@ SIGNATURE_WINDOW_S = 300  # the server's default (FACEPAY_SIGNATURE_WINDOW_S)
 # tills, so that the server's per-kiosk rate limit (its default, 30/s and 600/min) stays on
 # and what is measured is the whole production request path.
 KIOSKS = 64
-# gunicorn shapes and connections per database: the best found by measurement and the next
-# one up, both printed (the section says how and why).
+# gunicorn shapes and connections per database: the two best found by measurement, both
+# printed (the section says how and why).
 DEFAULT_SHAPES = {"sqlite": ("sync:1,sync:2", "2"), "postgresql": ("sync:2,sync:3", "4")}
 
 
@@ -721,8 +721,8 @@ def main() -> None:
         "ask for step-up is a policy choice.",
         "",
         "gunicorn shapes and connections chosen by measurement (sync 1-3 workers, gthread 1-2 "
-        "workers x 2-4 threads, 1-8 connections; each database is shown with its best shape and "
-        "the next one up): a request is CPU-bound Python, so threads add contention, not "
+        "workers x 2-4 threads, 1-8 connections; each database is shown with the two best "
+        "shapes found): a request is CPU-bound Python, so threads add contention, not "
         "throughput, and more connections than workers only queue (p99 up, the rate the same or "
         "lower). SQLite: writers take turns (a lock file beside the database, then `BEGIN "
         "IMMEDIATE`), and a payment spends most of its time in its three write transactions "
