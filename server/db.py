@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import CursorResult, DateTime, Delete, Engine, MetaData, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -69,12 +70,13 @@ class _WriterTurn:
     Writers here first take an exclusive `flock` on a file beside the database, trying every
     half millisecond, and so start within a fraction of a millisecond of the previous commit.
     A thread that already holds the turn (a second session opened inside a transaction) does
-    not wait for itself: it goes straight to SQLite, as before. After the busy timeout the
-    writer goes on to SQLite's own lock, which then says whether the database is locked.
+    not wait for itself: it goes straight to SQLite, as before. A writer that has waited the
+    busy timeout gives up as SQLite would have ("database is locked").
     """
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
         self.path = f"{database}.writer-lock"
+        self.timeout_s = timeout_s
         self._held = threading.local()
 
     def take(self) -> int | None:
@@ -83,7 +85,7 @@ class _WriterTurn:
             self._held.depth += 1
             return None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        deadline = time.monotonic() + self.timeout_s
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,7 +93,7 @@ class _WriterTurn:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    return None  # SQLite's busy timeout decides from here
+                    raise TimeoutError("the database is locked") from None
                 time.sleep(_WRITER_POLL_S)
         self._held.depth = 1
         return fd
@@ -167,7 +169,12 @@ def make_engine(url: str) -> Engine:
             # Writers take the lock when their transaction starts, so that read-then-write
             # sequences (audit chain head, balances) are serialized across processes.
             dbapi_connection = connection.connection.dbapi_connection
-            dbapi_connection.take_turn()
+            try:
+                dbapi_connection.take_turn()
+            except TimeoutError:
+                raise OperationalError(
+                    "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+                ) from None
             try:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:

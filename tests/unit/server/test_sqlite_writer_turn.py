@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, text
 
 from server.db import _WriterTurn, make_engine
@@ -65,3 +66,23 @@ def test_a_thread_holding_the_turn_is_not_made_to_wait_for_itself(tmp_path: Path
     other.join(10)
     assert not other.is_alive() and others[0] is not None
     turn.give_back(others[0])
+
+
+def test_a_writer_that_waited_the_busy_timeout_gives_up(tmp_path: Path) -> None:
+    turn = _WriterTurn(str(tmp_path / "stuck.db"), timeout_s=0.05)
+    holder_has_it, let_go = threading.Event(), threading.Event()
+
+    def frozen_holder() -> None:  # a process stopped inside its transaction
+        fd = turn.take()
+        holder_has_it.set()
+        let_go.wait(10)
+        turn.give_back(fd)
+
+    holder = threading.Thread(target=frozen_holder)
+    holder.start()
+    holder_has_it.wait(5)
+    with pytest.raises(TimeoutError):
+        turn.take()
+    let_go.set()
+    holder.join(10)
+    turn.give_back(turn.take())  # free again once the holder lets go
