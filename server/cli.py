@@ -323,7 +323,7 @@ def ledger_check(as_json: bool) -> None:
 
 @server_group.group("payments")
 def payments_group() -> None:
-    """Payments: operator refunds and the expiry sweep."""
+    """Payments: operator refunds, a shopper's own limits and the expiry sweep."""
 
 
 @payments_group.command("refund")
@@ -392,6 +392,61 @@ def payments_refund(
         body,
         f"refunded; payment {body['payment_id']} has {body['refunded_amount']} of "
         f"{body['captured_amount']} {body['currency']} refunded",
+    )
+
+
+@payments_group.command("limits")
+@click.argument("shopper_id")
+@click.option("--per-payment", type=click.IntRange(min=1), help="The shopper's own, minor units.")
+@click.option("--per-day", type=click.IntRange(min=1), help="Over the last 24 hours, minor units.")
+@click.option("--clear", is_flag=True, help="Remove the shopper's own limits.")
+@click.option("--operator", help="Who sets them (recorded in the audit log); needed to change.")
+@json_option
+def payments_limits(
+    shopper_id: str,
+    per_payment: int | None,
+    per_day: int | None,
+    clear: bool,
+    operator: str | None,
+    as_json: bool,
+) -> None:
+    """Show a shopper's payment limits, or set their own at their request (they apply where
+    lower than the server's FACEPAY_LIMIT_PER_PAYMENT and FACEPAY_LIMIT_PER_DAY)."""
+    from server.db import transaction
+    from server.errors import ProblemError, error_document
+    from server.payments import service
+
+    changing = clear or per_payment is not None or per_day is not None
+    if changing and not operator:
+        raise click.UsageError("--operator is needed to change a shopper's limits")
+    if clear and (per_payment is not None or per_day is not None):
+        raise click.UsageError("--clear removes both limits; give it alone")
+    with _app() as svc:
+        try:
+            with transaction(svc.sessions) as session:
+                limits = service.limits_of(session, shopper_id, svc.settings)
+                if changing:
+                    assert operator is not None
+                    limits = service.set_limits(
+                        session,
+                        shopper_id=shopper_id,
+                        per_payment=None if clear else per_payment or limits.own_per_payment,
+                        per_day=None if clear else per_day or limits.own_per_day,
+                        operator=operator,
+                        keys=svc.keys,
+                        settings=svc.settings,
+                    )
+        except ProblemError as error:
+            body = error_document(error)
+            _emit(as_json, body, f"error [{body['code']}]: {body.get('detail') or body['title']}")
+            sys.exit(2)
+    body = {"shopper_id": shopper_id, **limits.as_dict()}
+    _emit(
+        as_json,
+        body,
+        f"shopper {shopper_id}: at most {limits.per_payment} a payment and {limits.per_day} a "
+        f"day (own limits: {limits.own_per_payment or 'none'} a payment, "
+        f"{limits.own_per_day or 'none'} a day)",
     )
 
 

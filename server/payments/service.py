@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import case, func, select
@@ -266,7 +267,8 @@ def _settle_unflushed(
         return _decline(payment, "account_suspended")
     if not shopper.consented:
         return _decline(payment, "consent_withdrawn")
-    if payment.amount > settings.limit_per_payment:
+    limits = Limits.of(shopper, settings)
+    if payment.amount > limits.per_payment:
         return _decline(payment, "limit_exceeded")
     if payment.amount > settings.step_up_above and not payment.stepped_up:
         payment.state = STEP_UP_REQUIRED
@@ -277,7 +279,7 @@ def _settle_unflushed(
         return _decline(payment, "currency_mismatch")
     if wallet.debits_held:  # only a wallet with holds can have stale ones
         _expire_holds_of(session, shopper_id, now)
-    if _spent_today(session, shopper_id, now) + payment.amount > settings.limit_per_day:
+    if _spent_today(session, shopper_id, now) + payment.amount > limits.per_day:
         return _decline(payment, "limit_exceeded")
     if wallet.available < payment.amount:
         return _decline(payment, "insufficient_funds")
@@ -334,6 +336,36 @@ class _ShopperFacts(NamedTuple):
     status: str
     masked_label: str
     consented: bool  # the latest consent stands
+    limit_per_payment: int | None
+    limit_per_day: int | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits a shopper's payments meet: the server's, or the shopper's own where lower."""
+
+    per_payment: int
+    per_day: int
+    own_per_payment: int | None = None
+    own_per_day: int | None = None
+
+    @classmethod
+    def of(cls, shopper: _ShopperFacts | Shopper, settings: Settings) -> Limits:
+        own_payment, own_day = shopper.limit_per_payment, shopper.limit_per_day
+        return cls(
+            per_payment=min(settings.limit_per_payment, own_payment or settings.limit_per_payment),
+            per_day=min(settings.limit_per_day, own_day or settings.limit_per_day),
+            own_per_payment=own_payment,
+            own_per_day=own_day,
+        )
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "limit_per_payment": self.per_payment,
+            "limit_per_day": self.per_day,
+            "own_limit_per_payment": self.own_per_payment,
+            "own_limit_per_day": self.own_per_day,
+        }
 
 
 def _shopper_and_consent(session: Session, shopper_id: str) -> _ShopperFacts | None:
@@ -347,11 +379,18 @@ def _shopper_and_consent(session: Session, shopper_id: str) -> _ShopperFacts | N
         .scalar_subquery()
     )
     row = session.execute(
-        select(Shopper.status, Shopper.masked_label, func.coalesce(latest_withdrawn, 1)).where(
-            Shopper.id == shopper_id
-        )
+        select(
+            Shopper.status,
+            Shopper.masked_label,
+            func.coalesce(latest_withdrawn, 1),
+            Shopper.limit_per_payment,
+            Shopper.limit_per_day,
+        ).where(Shopper.id == shopper_id)
     ).first()
-    return None if row is None else _ShopperFacts(row[0], row[1], row[2] == 0)
+    if row is None:
+        return None
+    status, label, withdrawn, per_payment, per_day = row
+    return _ShopperFacts(status, label, withdrawn == 0, per_payment, per_day)
 
 
 def _spent_today(session: Session, shopper_id: str, now: dt.datetime) -> int:
@@ -516,6 +555,53 @@ def refund(
         session, keys, "payment.refunded", payment, actor=f"operator:{operator}", amount=amount
     )
     return 200, view(payment)
+
+
+# ---------------------------------------------------------------- a shopper's own limits
+
+
+class ShopperNotFound(ProblemError):
+    status_code = 404
+    code = "shopper_not_found"
+    title = "No such shopper"
+
+
+def set_limits(
+    session: Session,
+    *,
+    shopper_id: str,
+    per_payment: int | None,
+    per_day: int | None,
+    operator: str,
+    keys: InstanceKeys,
+    settings: Settings,
+) -> Limits:
+    """Set (or, with None, clear) a shopper's own limits, at their request: they apply where
+    lower than the server's. Recorded in the audit log."""
+    for value in (per_payment, per_day):
+        if value is not None and value <= 0:
+            raise AmountNotAllowed("a limit is a positive amount", code="limit_not_positive")
+    shopper = session.get(Shopper, shopper_id, with_for_update=True)
+    if shopper is None or shopper.status == "deleted":
+        raise ShopperNotFound("no shopper with this id")
+    shopper.limit_per_payment, shopper.limit_per_day = per_payment, per_day
+    session.flush()
+    record_event(
+        session,
+        keys.audit_key,
+        "shopper.limits_set",
+        subject=shopper_id,
+        actor=f"operator:{operator}",
+        data={"limit_per_payment": per_payment, "limit_per_day": per_day},
+    )
+    return Limits.of(shopper, settings)
+
+
+def limits_of(session: Session, shopper_id: str, settings: Settings) -> Limits:
+    shopper = session.get(Shopper, shopper_id)
+    if shopper is None or shopper.status == "deleted":
+        raise ShopperNotFound("no shopper with this id")
+    return Limits.of(shopper, settings)
 
 
 # ---------------------------------------------------------------- reading

@@ -274,6 +274,8 @@ def export_shopper(session: Session, shopper_id: str) -> dict[str, Any]:
             "created_at": _iso(shopper.created_at),
             "last_activity_at": _iso(shopper.last_activity_at),
             "deleted_at": _iso(shopper.deleted_at),
+            "own_limit_per_payment": shopper.limit_per_payment,
+            "own_limit_per_day": shopper.limit_per_day,
         },
         "consents": consents,
         "enrollments": enrollments,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import String
+from sqlalchemy import BigInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, utcnow
@@ -25,3 +25,7 @@ class Shopper(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[dt.datetime | None]
+    # The shopper's own payment limits (minor units), set by an operator at their request:
+    # they can only lower the server's (FACEPAY_LIMIT_PER_PAYMENT, FACEPAY_LIMIT_PER_DAY).
+    limit_per_payment: Mapped[int | None] = mapped_column(BigInteger)
+    limit_per_day: Mapped[int | None] = mapped_column(BigInteger)
