@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 # An arbitrary constant: the PostgreSQL advisory lock that serializes appends to the chain.
 _AUDIT_LOCK = 0x6661636570  # "facep"
+# Built once: every match attempt and payment appends a record.
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_HEAD = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+_APPEND = AuditRecord.__table__.insert()  # type: ignore[attr-defined]
 
 
 def record_event(
@@ -42,10 +46,8 @@ def record_event(
     with a write lock), so the chain never forks.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
-    head = session.execute(
-        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-    ).first()
+        session.execute(_ADVISORY_LOCK, {"key": _AUDIT_LOCK})
+    head = session.execute(_HEAD).first()
     seq, previous = (head[0] + 1, bytes(head[1])) if head else (FIRST_SEQ, GENESIS_HASH)
     at = utcnow()
     record: dict[str, Any] = {
@@ -60,7 +62,7 @@ def record_event(
     # A plain insert, not an ORM object: nothing reads the row back in this transaction, and
     # every match attempt and payment writes one.
     session.connection().execute(
-        AuditRecord.__table__.insert(),  # type: ignore[attr-defined]
+        _APPEND,
         {
             "seq": seq,
             "at": at,

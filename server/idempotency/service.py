@@ -26,9 +26,9 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,6 +43,24 @@ DONE = "done"
 MAX_KEY_LENGTH = 255
 
 Work = Callable[[Session], tuple[int, dict[str, Any]]]
+
+# Built once, with bound parameters: every idempotent request runs both.
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_CLAIM = _KEYS.insert()
+_COMPLETE = (
+    _KEYS.update()
+    .where(
+        _KEYS.c.id == bindparam("record_id"),
+        _KEYS.c.owner == bindparam("claim_owner"),
+        _KEYS.c.state == RUNNING,
+    )
+    .values(
+        state=DONE,
+        response_status=bindparam("status"),
+        response_body=bindparam("body"),
+        completed_at=bindparam("at"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,7 @@ def claim(
         now = utcnow()
         try:
             inserted = session.connection().execute(
-                IdempotencyKey.__table__.insert(),  # type: ignore[attr-defined]
+                _CLAIM,
                 {
                     "scope": scope,
                     "key": key,
@@ -200,21 +218,17 @@ def claim(
 
 
 def _complete(session: Session, claimed: Claim, status: int, body: dict[str, Any]) -> None:
-    done = session.execute(
-        update(IdempotencyKey)
-        .where(
-            IdempotencyKey.id == claimed.record_id,
-            IdempotencyKey.owner == claimed.owner,
-            IdempotencyKey.state == RUNNING,
-        )
-        .values(
-            state=DONE,
-            response_status=status,
-            response_body=json.dumps(body, separators=(",", ":")),
-            completed_at=utcnow(),
-        )
+    done = session.connection().execute(
+        _COMPLETE,
+        {
+            "record_id": claimed.record_id,
+            "claim_owner": claimed.owner,
+            "status": status,
+            "body": json.dumps(body, separators=(",", ":")),
+            "at": utcnow(),
+        },
     )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    if done.rowcount != 1:
         raise KeyInUse("another attempt with this key took over; retry with the same key")
 
 

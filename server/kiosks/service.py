@@ -11,7 +11,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +30,9 @@ from server.kiosks.models import Kiosk, RequestNonce
 logger = logging.getLogger(__name__)
 
 PAIRING_TTL = dt.timedelta(hours=24)
+# Built once: every signed request runs both.
+_KIOSK = select(Kiosk).where(Kiosk.id == bindparam("kiosk_id"))
+_RECORD_NONCE = RequestNonce.__table__.insert()  # type: ignore[attr-defined]
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud at a till
 
 
@@ -161,7 +164,11 @@ def authenticate(
     when the first request later fails. One transaction reads the kiosk and records the nonce:
     on SQLite each transaction takes the write lock, so a second one would cost as much again."""
     with sessions() as session:
-        kiosk = session.get(Kiosk, signed.kiosk_id) if _plausible_id(signed.kiosk_id) else None
+        kiosk = (
+            session.scalars(_KIOSK, {"kiosk_id": signed.kiosk_id}).first()
+            if _plausible_id(signed.kiosk_id)
+            else None
+        )
         if kiosk is None or kiosk.public_key is None:
             raise KioskAuthError("unknown kiosk", code="kiosk_unknown")
         if kiosk.status != "active":
@@ -170,8 +177,7 @@ def authenticate(
         def seen(kiosk_id: str, nonce: str) -> bool:
             try:
                 session.connection().execute(
-                    RequestNonce.__table__.insert(),  # type: ignore[attr-defined]
-                    {"kiosk_id": kiosk_id, "nonce": nonce, "seen_at": utcnow()},
+                    _RECORD_NONCE, {"kiosk_id": kiosk_id, "nonce": nonce, "seen_at": utcnow()}
                 )
                 session.commit()
             except IntegrityError:

@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,17 @@ from server.payments.models import Payment
 
 SANDBOX_FUNDING = "sandbox-funding"
 
+# Built once, with bound parameters: these run on every payment (see payments.service).
+_ACCOUNT = select(Account).where(
+    Account.kind == bindparam("kind"),
+    Account.owner == bindparam("owner"),
+    Account.currency == bindparam("currency"),
+)
+_ACCOUNT_LOCKED = _ACCOUNT.with_for_update()
+_WALLET = select(Account).where(Account.kind == WALLET, Account.owner == bindparam("owner"))
+_WALLET_LOCKED = _WALLET.with_for_update()
+_TRANSFER = Transfer.__table__.insert()  # type: ignore[attr-defined]
+
 
 def account_for(session: Session, *, kind: str, owner: str, currency: str) -> Account:
     """The account, created if missing, locked for the rest of the transaction.
@@ -30,10 +41,8 @@ def account_for(session: Session, *, kind: str, owner: str, currency: str) -> Ac
     insert waits for the first transaction and then breaks the unique constraint; it is undone
     (a savepoint) and the account the first one made is used, instead of failing the request.
     """
-    query = select(Account).where(
-        Account.kind == kind, Account.owner == owner, Account.currency == currency
-    )
-    account = session.scalars(query.with_for_update()).first()
+    which = {"kind": kind, "owner": owner, "currency": currency}
+    account = session.scalars(_ACCOUNT_LOCKED, which).first()
     if account is not None:
         return account
     account = Account(
@@ -49,16 +58,13 @@ def account_for(session: Session, *, kind: str, owner: str, currency: str) -> Ac
         with session.begin_nested():
             session.add(account)
     except IntegrityError:  # made meanwhile by a transaction that has committed since
-        return session.scalars(query.with_for_update()).one()
+        return session.scalars(_ACCOUNT_LOCKED, which).one()
     return account
 
 
 def wallet_of(session: Session, shopper_id: str, *, lock: bool = False) -> Account | None:
     """The shopper's wallet (one per shopper, in the currency they enrolled with)."""
-    query = select(Account).where(Account.kind == WALLET, Account.owner == shopper_id)
-    if lock:
-        query = query.with_for_update()
-    return session.scalars(query).first()
+    return session.scalars(_WALLET_LOCKED if lock else _WALLET, {"owner": shopper_id}).first()
 
 
 def transfer(
@@ -84,7 +90,7 @@ def transfer(
     session.flush()  # the accounts' totals, and whatever the transfer refers to, first
     transfer_id = str(uuid.uuid4())
     session.connection().execute(
-        Transfer.__table__.insert(),  # type: ignore[attr-defined]
+        _TRANSFER,
         {
             "id": transfer_id,
             "debit_account": debit.id,

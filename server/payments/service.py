@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from server.audit.service import record_event
@@ -301,11 +301,8 @@ def _settle_unflushed(
         ledger.hold(wallet, payment.amount)
         payment.state = AUTHORIZED
         payment.expires_at = now + dt.timedelta(seconds=settings.authorization_ttl_s)
-    session.connection().execute(  # the retention clock starts again
-        Shopper.__table__.update()  # type: ignore[attr-defined]
-        .where(Shopper.__table__.c.id == shopper_id)
-        .values(last_activity_at=now)
-    )
+    # The retention clock starts again.
+    session.connection().execute(_TOUCH_SHOPPER, {"shopper_id": shopper_id, "now": now})
     return shopper.masked_label, wallet.available
 
 
@@ -368,25 +365,43 @@ class Limits:
         }
 
 
+# The statements on every payment's path are built once, with bound parameters: building one
+# and computing its cache key costs several times what running it does.
+_LATEST_CONSENT_WITHDRAWN = (
+    select(case((Consent.withdrawn_at.is_(None), 0), else_=1))
+    .where(Consent.shopper_id == Shopper.id)
+    .order_by(Consent.recorded_at.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_SHOPPER_FACTS = select(
+    Shopper.status,
+    Shopper.masked_label,
+    func.coalesce(_LATEST_CONSENT_WITHDRAWN, 1),
+    Shopper.limit_per_payment,
+    Shopper.limit_per_day,
+).where(Shopper.id == bindparam("shopper_id"))
+_SPENT_SINCE = select(
+    func.coalesce(
+        func.sum(case((Payment.state == CAPTURED, Payment.captured_amount), else_=Payment.amount)),
+        0,
+    )
+).where(
+    Payment.shopper_id == bindparam("shopper_id"),
+    Payment.state.in_((AUTHORIZED, CAPTURED)),
+    Payment.created_at > bindparam("since", type_=Payment.created_at.type),
+)
+_TOUCH_SHOPPER = (
+    Shopper.__table__.update()  # type: ignore[attr-defined]
+    .where(Shopper.__table__.c.id == bindparam("shopper_id"))
+    .values(last_activity_at=bindparam("now"))
+)
+
+
 def _shopper_and_consent(session: Session, shopper_id: str) -> _ShopperFacts | None:
     """What a payment needs of the shopper, and whether their latest consent stands, in one
     query (columns, not the ORM object: this is on every payment's path)."""
-    latest_withdrawn = (
-        select(case((Consent.withdrawn_at.is_(None), 0), else_=1))
-        .where(Consent.shopper_id == Shopper.id)
-        .order_by(Consent.recorded_at.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    row = session.execute(
-        select(
-            Shopper.status,
-            Shopper.masked_label,
-            func.coalesce(latest_withdrawn, 1),
-            Shopper.limit_per_payment,
-            Shopper.limit_per_day,
-        ).where(Shopper.id == shopper_id)
-    ).first()
+    row = session.connection().execute(_SHOPPER_FACTS, {"shopper_id": shopper_id}).first()
     if row is None:
         return None
     status, label, withdrawn, per_payment, per_day = row
@@ -395,13 +410,11 @@ def _shopper_and_consent(session: Session, shopper_id: str) -> _ShopperFacts | N
 
 def _spent_today(session: Session, shopper_id: str, now: dt.datetime) -> int:
     """What the shopper's approved payments of the last 24 hours take (holds included)."""
-    taken = case((Payment.state == CAPTURED, Payment.captured_amount), else_=Payment.amount)
-    total = session.scalar(
-        select(func.coalesce(func.sum(taken), 0)).where(
-            Payment.shopper_id == shopper_id,
-            Payment.state.in_((AUTHORIZED, CAPTURED)),
-            Payment.created_at > now - dt.timedelta(hours=24),
-        )
+    since = now - dt.timedelta(hours=24)
+    total = (
+        session.connection()
+        .execute(_SPENT_SINCE, {"shopper_id": shopper_id, "since": since})
+        .scalar()
     )
     return int(total or 0)
 

@@ -265,27 +265,29 @@ def test_a_5xx_problem_is_not_stored_as_the_keys_answer(app: Any) -> None:
 
 
 def test_a_nonce_the_database_cannot_record_is_a_503_not_a_verdict(
-    app: Any, client: FlaskClient, kiosk: SigningKiosk, monkeypatch: pytest.MonkeyPatch
+    app: Any, client: FlaskClient, kiosk: SigningKiosk
 ) -> None:
     """Found by the PostgreSQL restart in tests/adversarial/test_faults.py: the nonce store
     failing was answered 401 request_replayed_or_stale, a final answer, so the kiosk gave up
     on a payment. It is refused (fail closed) but as 503, and the kiosk's retry goes through."""
     import sqlalchemy.exc
-
-    from server.kiosks import service as kiosks
+    from sqlalchemy import event
 
     face = SyntheticFace(np.random.default_rng(77))
     enroll(client, kiosk, face)
-    real = kiosks.RequestNonce
+    engine = app.extensions["facepay"].engine
 
-    def failing(**_: Any) -> Any:
-        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+    def connection_lost_at_the_nonce(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO REQUEST_NONCES"):
+            raise sqlalchemy.exc.OperationalError(statement, {}, Exception("server closed"))
 
-    monkeypatch.setattr(kiosks, "RequestNonce", failing)
+    event.listen(engine, "before_cursor_execute", connection_lost_at_the_nonce)
     payload, key = payment_payload(kiosk, face.sample(), 300), new_key()
-    refused = signed(client, kiosk, "POST", "/v1/payments", payload, key=key)
+    try:
+        refused = signed(client, kiosk, "POST", "/v1/payments", payload, key=key)
+    finally:
+        event.remove(engine, "before_cursor_execute", connection_lost_at_the_nonce)
     assert is_unavailable(refused, "database_unavailable"), refused.get_json()
     assert count(app, Payment) == 0
-    monkeypatch.setattr(kiosks, "RequestNonce", real)
     retried = signed(client, kiosk, "POST", "/v1/payments", payload, key=key)
     assert retried.status_code == 201 and retried.get_json()["status"] == "approved"
