@@ -594,9 +594,7 @@ def set_limits(
     for value in (per_payment, per_day):
         if value is not None and value <= 0:
             raise AmountNotAllowed("a limit is a positive amount", code="limit_not_positive")
-    shopper = session.get(Shopper, shopper_id, with_for_update=True)
-    if shopper is None or shopper.status == "deleted":
-        raise ShopperNotFound("no shopper with this id")
+    shopper = _live_shopper(session, shopper_id, lock=True)
     shopper.limit_per_payment, shopper.limit_per_day = per_payment, per_day
     session.flush()
     record_event(
@@ -611,10 +609,14 @@ def set_limits(
 
 
 def limits_of(session: Session, shopper_id: str, settings: Settings) -> Limits:
-    shopper = session.get(Shopper, shopper_id)
+    return Limits.of(_live_shopper(session, shopper_id), settings)
+
+
+def _live_shopper(session: Session, shopper_id: str, *, lock: bool = False) -> Shopper:
+    shopper = session.get(Shopper, shopper_id, with_for_update=lock or None)
     if shopper is None or shopper.status == "deleted":
         raise ShopperNotFound("no shopper with this id")
-    return Limits.of(shopper, settings)
+    return shopper
 
 
 # ---------------------------------------------------------------- reading
