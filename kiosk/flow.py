@@ -376,10 +376,8 @@ class Flow:
             if len(self._good) >= needed:
                 self._proceed()
             else:
-                found = len(self._good)
-                self._end(
-                    Result("no_face", "no_good_frames", explanation=f"{found} good frames found")
-                )
+                why = _too_few(needed, len(self._good))
+                self._end(Result("no_face", "no_good_frames", explanation=why))
         elif self.state == "liveness" and self._check is not None:
             self._liveness_done(self._check.finish(self._clock()))
 
@@ -621,6 +619,18 @@ class Flow:
 def _check_digits(phone_last4: str) -> None:
     if len(phone_last4) != 4 or not phone_last4.isdigit():
         raise KioskError("type the last four digits of your phone", code="bad_digits")
+
+
+def _too_few(needed: int, found: int) -> str:
+    """Why a recorded source with too few good frames is refused."""
+    if needed <= 1:
+        return "no frame showed one face clearly enough (light, distance, sharpness, pose)"
+    seen = {0: "none was found", 1: "1 was found"}.get(found, f"{found} were found")
+    return (
+        f"enrollment needs at least {needed} good frames of the face and {seen}: several "
+        "views of the face make the enrolled record reliable, so a single photo is refused "
+        f"(use a video, or a folder of {needed} or more photos)"
+    )
 
 
 def _field(answer: Any, name: str) -> Any:

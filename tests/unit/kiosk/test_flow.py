@@ -344,3 +344,28 @@ def test_delete_me_sends_the_face_with_the_digits(
     flow.start_deletion("0142")
     feed(flow, photos["p01"][:3], clock)
     assert flow.result is not None and flow.result.outcome == "not_found"
+
+
+def test_a_single_photo_is_not_enough_to_enroll_and_the_result_says_why(
+    engine: FaceEngine, photos: dict[str, list[np.ndarray]]
+) -> None:
+    server, clock = ScriptedServer(), Clock()
+    flow = make_flow(engine, server, clock, enroll_spacing_s=0.0)
+    flow.start_enrollment(email="m@example.com", phone="5145550142")
+    flow.agree("Marie Tremblay")
+    feed(flow, photos["p01"][:1], clock)
+    flow.end_of_source()
+    assert flow.result is not None
+    assert (flow.result.outcome, flow.result.code) == ("no_face", "no_good_frames")
+    why = flow.result.explanation
+    assert "at least 3 good frames" in why and "1 was found" in why
+    assert "several views of the face make the enrolled record reliable" in why
+    assert "single photo is refused" in why
+    assert server.enrollments == []
+
+    paying = make_flow(engine, server, clock)
+    paying.start_payment(500, "CAD")
+    feed(paying, [np.full((480, 640, 3), 128, np.uint8)], clock)
+    paying.end_of_source()
+    assert paying.result is not None and paying.result.code == "no_good_frames"
+    assert "no frame showed one face clearly" in paying.result.explanation
