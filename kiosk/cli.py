@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ import click
 
 from kiosk.errors import SourceError
 from kiosk.money import parse_amount
+from kiosk.phone import PHONE, PHONE_LAST4, is_last4, is_phone_number
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,31 @@ liveness_option = click.option(
 )
 
 # Outcomes that are a "no" rather than a failure: exit 1.
-_NO = {"declined", "not_found", "liveness_failed", "no_face", "timed_out", "cancelled", "other_way"}
+_NO = {
+    "declined",
+    "not_found",
+    "full_phone_required",
+    "liveness_failed",
+    "no_face",
+    "timed_out",
+    "cancelled",
+    "other_way",
+}
+# What a step-up or a deletion may ask for, and the option that answers it.
+_ASKED = {PHONE_LAST4: "the last four digits of the phone", PHONE: "the full phone number"}
+_OPTIONS = {PHONE_LAST4: "--phone-last4 DDDD", PHONE: "--phone NUMBER"}
+
+
+def phone_options(phone_last4: str | None, phone: str | None) -> None:
+    """Refuse a malformed phone option before the camera starts (the value is not echoed)."""
+    if phone_last4 is not None and not is_last4(phone_last4):
+        raise click.BadParameter("four digits", param_hint="--phone-last4")
+    if phone is not None and not is_phone_number(phone):
+        raise click.BadParameter(
+            "7 to 15 digits; a leading +, spaces, dashes, dots or parentheses allowed "
+            "(24 characters at most)",
+            param_hint="--phone",
+        )
 
 
 def to_minor_units(amount: str, currency: str) -> int:
@@ -131,7 +156,14 @@ def enroll(
 @source_option
 @click.option("--amount", required=True, help="The amount due, e.g. 12.50.")
 @click.option("--currency", default="CAD", show_default=True)
-@click.option("--phone-last4", default=None, help="Answers a step-up if the server asks.")
+@click.option(
+    "--phone-last4",
+    default=None,
+    help="Answers a step-up that asks for the last four digits of the phone.",
+)
+@click.option(
+    "--phone", default=None, help="Answers a step-up that asks for the full phone number."
+)
 @liveness_option
 @json_option
 @click.pass_obj
@@ -141,29 +173,47 @@ def pay(
     amount: str,
     currency: str,
     phone_last4: str | None,
+    phone: str | None,
     liveness: str,
     as_json: bool,
 ) -> None:
-    """Pay AMOUNT by the face in SOURCE."""
+    """Pay AMOUNT by the face in SOURCE. The server may ask for a step-up: the last four
+    digits of the phone or the full number; give the matching option (both may be given,
+    only the one asked is sent)."""
+    phone_options(phone_last4, phone)
     minor = to_minor_units(amount, currency)
     with _session(home, liveness, source) as (flow, frames):
         flow.start_payment(minor, currency.upper())
-        result = drive(flow, frames, phone_last4=phone_last4)
+        result = drive(flow, frames, phone_last4=phone_last4, phone=phone)
     _finish(result, as_json)
 
 
 @kiosk_group.command("delete-me")
 @source_option
-@click.option("--phone-last4", required=True, help="The last four digits of the phone enrolled.")
+@click.option("--phone-last4", default=None, help="The last four digits of the phone enrolled.")
+@click.option(
+    "--phone",
+    default=None,
+    help="The full phone number enrolled, where the server finds four digits not enough.",
+)
 @liveness_option
 @json_option
 @click.pass_obj
 def delete_me(
-    home: str | None, source: str, phone_last4: str, liveness: str, as_json: bool
+    home: str | None,
+    source: str,
+    phone_last4: str | None,
+    phone: str | None,
+    liveness: str,
+    as_json: bool,
 ) -> None:
-    """Delete the face data of the shopper in SOURCE whose phone ends in these digits."""
+    """Delete the face data of the shopper in SOURCE, confirmed by their phone: its last four
+    digits (--phone-last4) or, where the server asks for it, the full number (--phone)."""
+    if (phone_last4 is None) == (phone is None):
+        raise click.UsageError("give --phone-last4 DDDD or --phone NUMBER (one of the two)")
+    phone_options(phone_last4, phone)
     with _session(home, liveness, source) as (flow, frames):
-        flow.start_deletion(phone_last4)
+        flow.start_deletion(phone_last4, phone=phone)
         result = drive(flow, frames)
     _finish(result, as_json)
 
@@ -327,15 +377,31 @@ def _liveness_factory(mode: str, recorded: bool, manifest: Any) -> Callable[[], 
     return lambda: check
 
 
-def drive(flow: Any, frames: Any, *, phone_last4: str | None = None) -> Any:
-    """Feed frames until the session ends; answer a step-up with the digits if given."""
+def drive(
+    flow: Any, frames: Any, *, phone_last4: str | None = None, phone: str | None = None
+) -> Any:
+    """Feed frames until the session ends. A step-up is answered once, with whichever of
+    `phone_last4` and `phone` it asks for (the other is never sent). When the one asked was
+    not given, or the server asks again after a wrong answer, the session ends as "pay another
+    way", and the result says why (for a missing answer: code ``phone_required`` or
+    ``phone_last4_required``, and the option to give). A deletion the server will not confirm
+    by four digits ends ``full_phone_required``, its explanation naming ``--phone``."""
+    answers = {PHONE_LAST4: phone_last4, PHONE: phone}
+    answered = False
     while flow.state != "done":
         if flow.state == "step_up":
-            if phone_last4 is None:
-                flow.pay_another_way()
-                break
-            flow.enter_digits(phone_last4)
-            phone_last4 = None  # one answer only: a wrong one is not retried blindly
+            asked = flow.screen.step_up_ask
+            typed = answers.get(asked)
+            if answered:  # one answer only: a wrong one is not retried blindly
+                flow.pay_another_way(explanation="the step-up answer given was not accepted")
+            elif typed is None:
+                flow.pay_another_way(
+                    code=f"{asked}_required",
+                    explanation=f"the server asks for {_ASKED[asked]}: give {_OPTIONS[asked]}",
+                )
+            else:
+                flow.enter_digits(typed)
+                answered = True
             continue
         try:
             frame = frames.read(timeout=1.0)
@@ -353,7 +419,10 @@ def drive(flow: Any, frames: Any, *, phone_last4: str | None = None) -> Any:
             flow.tick()
             continue
         flow.on_frame(frame)
-    return flow.result
+    result = flow.result
+    if result is not None and result.outcome == "full_phone_required":
+        return replace(result, explanation=f"{result.explanation}: give {_OPTIONS[PHONE]}")
+    return result
 
 
 def _finish(result: Any, as_json: bool) -> None:

@@ -63,6 +63,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kiosk.errors import KioskError, ServerError, ServerUnavailable
+from kiosk.phone import PHONE, PHONE_LAST4, PhoneAsk, is_last4, is_phone_number, phone_answer
 from server.crypto import body_sha256_hex, seal_to, sign_request
 from server.templates import (
     LIVENESS_CHECKS,
@@ -107,7 +108,6 @@ _RESENT_KINDS: Final = (*_PAYMENT_KINDS, _DELETION)
 _ENROLLMENT: Final = "enrollment"
 _TEMPLATES_PER_ENROLLMENT: Final = (3, 5)
 _CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
-_DIGITS_RE: Final = re.compile(r"[0-9]{4}")
 _RETRY_STATUSES: Final = frozenset({408, 425, 429})
 _AUTH_STATUSES: Final = frozenset({401, 403})
 _KEY_IN_USE: Final = "idempotency_key_in_use"
@@ -408,6 +408,9 @@ class PaymentAnswer(_Refusable):
     decline_code: str | None = None
     challenge_id: str | None = None
     step_up_reason: str | None = None
+    # What a step-up asks for: phone_last4 or phone (kiosk.phone); an older server does not
+    # say, and asks for the last four digits.
+    step_up_ask: str | None = None
     tries_left: int | None = None
     expires_at: str | None = None
     shopper_label: str | None = None
@@ -440,8 +443,12 @@ def _payment_answer(reply: _Reply, *, kind: str, key: str | None) -> PaymentAnsw
         value = document.get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    status = text("status") or "error"
+    asked = text("step_up_ask")
+    if asked is None and status == "step_up_required":
+        asked = PHONE_LAST4
     return PaymentAnswer(
-        status=text("status") or "error",
+        status=status,
         kind=kind,
         payment_id=text("payment_id"),
         state=text("state"),
@@ -452,6 +459,7 @@ def _payment_answer(reply: _Reply, *, kind: str, key: str | None) -> PaymentAnsw
         decline_code=text("decline_code"),
         challenge_id=text("challenge_id"),
         step_up_reason=text("step_up_reason"),
+        step_up_ask=asked,
         tries_left=number("tries_left"),
         expires_at=text("expires_at"),
         shopper_label=text("shopper_label"),
@@ -886,14 +894,24 @@ class ServerClient:
         }
         return self._money("payment", "/v1/payments", payload)
 
-    def step_up(self, answer: PaymentAnswer, phone_last4: str) -> PaymentAnswer:
-        """Answer a step-up challenge with the last four digits of the shopper's phone."""
+    def step_up(
+        self, answer: PaymentAnswer, *, phone_last4: str | None = None, phone: str | None = None
+    ) -> PaymentAnswer:
+        """Answer a step-up challenge with what it asks (`answer.step_up_ask`): the last four
+        digits of the shopper's phone, or the full number. Exactly one of the two is given and
+        sent; the other kind than asked is refused here (``step_up_answer_mismatch``, as the
+        server would), before anything is written or sent."""
         if answer.status != "step_up_required" or not answer.challenge_id:
             raise KioskError("this payment asks for no step-up", code="no_step_up_pending")
-        if not isinstance(phone_last4, str) or _DIGITS_RE.fullmatch(phone_last4) is None:
-            raise KioskError("four digits are needed", code="phone_last4_invalid")
+        kind, typed = _checked_phone(phone_last4, phone)
+        asked = answer.step_up_ask or PHONE_LAST4
+        if kind != asked:
+            raise KioskError(
+                f"this step-up asks for {_WHAT.get(asked, asked)}, not {_WHAT[kind]}",
+                code="step_up_answer_mismatch",
+            )
         path = f"/v1/payments/{_uuid(answer.payment_id)}/step-up"
-        payload = {"challenge_id": answer.challenge_id, "phone_last4": phone_last4}
+        payload = {"challenge_id": answer.challenge_id, kind: typed}
         return self._money("step_up", path, payload)
 
     def capture(self, payment_id: str, amount_minor: int | None = None) -> PaymentAnswer:
@@ -908,25 +926,29 @@ class ServerClient:
         """Cancel an authorization: its hold goes back to the wallet."""
         return self._money("void", f"/v1/payments/{_uuid(payment_id)}/void", None)
 
-    # ------------------------------------------------------------ deletion (planned endpoint)
+    # ------------------------------------------------------------ deletion
 
     def delete_me(
-        self, embedding: EmbeddingLike, liveness: str, phone_last4: str
+        self,
+        embedding: EmbeddingLike,
+        liveness: str,
+        *,
+        phone_last4: str | None = None,
+        phone: str | None = None,
     ) -> DeletionAnswer:
         """The kiosk's "delete my face data": the shopper is found by face and confirmed by
-        the last four digits of their phone.
+        the last four digits of their phone, or by the full number (exactly one is given).
 
-        Posts to ``/v1/deletions`` {probe (sealed, purpose "delete"), phone_last4} with an
-        Idempotency-Key, through the outbox like a payment. That endpoint is PLANNED: the
-        server does not have it yet (today it answers 404 ``not_found``, raised as
-        `ServerError`). The answer expected: ``status`` (``deleted`` or ``not_found``),
-        ``request_id`` and ``done_at``.
+        Posts to ``/v1/deletions`` {probe (sealed, purpose "delete"), phone_last4 or phone}
+        with an Idempotency-Key, through the outbox like a payment. The answer: ``status``
+        (``deleted`` or ``not_found``), ``request_id`` and ``done_at``. When four digits are
+        not enough for the server's gallery it refuses with 422 ``full_phone_required``
+        (raised as `ServerError`): ask the shopper for the full number and send it.
         """
-        if not isinstance(phone_last4, str) or _DIGITS_RE.fullmatch(phone_last4) is None:
-            raise KioskError("four digits are needed", code="phone_last4_invalid")
+        kind, typed = _checked_phone(phone_last4, phone)
         payload = {
             "probe": self.identity.seal(embedding, purpose="delete", liveness=liveness),
-            "phone_last4": phone_last4,
+            kind: typed,
         }
         key, reply = self._deliver_new(_DELETION, "/v1/deletions", payload, retry=True)
         return _deletion_answer(reply, key=key).raise_for_error()
@@ -1097,6 +1119,26 @@ def _expired(entry: OutboxEntry) -> PaymentAnswer | DeletionAnswer:
     return PaymentAnswer(
         "error", kind=entry.kind, code=code, detail=_EXPIRED, idempotency_key=entry.key
     )
+
+
+_WHAT: Final[dict[str, str]] = {
+    PHONE_LAST4: "the last four digits of the phone",
+    PHONE: "the full phone number",
+}
+
+
+def _checked_phone(phone_last4: str | None, phone: str | None) -> tuple[PhoneAsk, str]:
+    """The one phone answer given, in the server's format; the errors never quote it."""
+    kind, typed = phone_answer(phone_last4, phone)
+    if kind == PHONE_LAST4 and not is_last4(typed):
+        raise KioskError("four digits are needed", code="phone_last4_invalid")
+    if kind == PHONE and not is_phone_number(typed):
+        raise KioskError(
+            "a phone number has 7 to 15 digits (a leading +, spaces, dashes, dots or "
+            "parentheses allowed; 24 characters at most)",
+            code="phone_invalid",
+        )
+    return kind, typed
 
 
 def _timestamp(iso: str) -> float:

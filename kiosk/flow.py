@@ -7,7 +7,8 @@ client, liveness check and clock from outside, so tests drive it one frame at a 
     idle ─► consent (enrollment: the notice in full, "I agree" and the typed name)
          ─► looking (exactly one face that passes the quality gate)
          ─► liveness (a challenge, unless turned off) ─► sending (the server call)
-         ─► step_up (the phone's last four digits, when the server asks) ─► sending
+         ─► step_up (when the server asks: the phone's last four digits, or the full
+                     number, as its `step_up_ask` says) ─► sending
          ─► done (approved / declined / enrolled / …, shown for a while) ─► idle
 
 Every state has a time limit, `cancel()` and `pay_another_way()` work in every state, and
@@ -28,6 +29,7 @@ import numpy.typing as npt
 from statemachine import State, StateMachine
 
 from kiosk.errors import KioskError, ServerError, ServerUnavailable
+from kiosk.phone import ASKS, PHONE, PHONE_LAST4, PhoneAsk, is_last4, is_phone_number, phone_answer
 from models.engine import Embedding, Face
 from models.manifest import PackManifest
 
@@ -102,8 +104,17 @@ class Server(Protocol):
         currency: str,
     ) -> Any: ...
     def pay(self, amount_minor: int, currency: str, embedding: Embedding, liveness: str) -> Any: ...
-    def step_up(self, answer: Any, phone_last4: str) -> Any: ...
-    def delete_me(self, embedding: Embedding, liveness: str, phone_last4: str) -> Any: ...
+    def step_up(
+        self, answer: Any, *, phone_last4: str | None = None, phone: str | None = None
+    ) -> Any: ...
+    def delete_me(
+        self,
+        embedding: Embedding,
+        liveness: str,
+        *,
+        phone_last4: str | None = None,
+        phone: str | None = None,
+    ) -> Any: ...
 
 
 # ---------------------------------------------------------------- settings and results
@@ -161,8 +172,8 @@ class FlowSettings:
 class Result:
     """How a session ended: what the screen shows and the CLI prints. No score, no template."""
 
-    outcome: str  # approved, declined, enrolled, deleted, not_found, cancelled, other_way,
-    # timed_out, liveness_failed, no_face, server_unavailable, error
+    outcome: str  # approved, declined, enrolled, deleted, not_found, full_phone_required,
+    # cancelled, other_way, timed_out, liveness_failed, no_face, server_unavailable, error
     code: str
     payment_id: str | None = None
     shopper_label: str | None = None
@@ -186,6 +197,7 @@ class Screen:
     face_box: tuple[int, int, int, int] | None = None
     notice: dict[str, Any] | None = None
     tries_left: int | None = None
+    step_up_ask: str | None = None  # phone_last4 or phone (kiosk.phone), while in step_up
     result: Result | None = None
     other_ways: tuple[str, ...] = ("card", "cash")
 
@@ -253,9 +265,10 @@ class Flow:
     _good: list[_Good]
     _check: Liveness | None
     _liveness_name: str
-    _deletion_digits: str | None
+    _deletion_phone: tuple[PhoneAsk, str] | None
     _answer: Any
     _tries_left: int | None
+    _step_up_ask: PhoneAsk | None
     _result: Result | None
     _face_box: tuple[int, int, int, int] | None
     _prompt: str
@@ -302,6 +315,7 @@ class Flow:
             if self._enrollment and self.state == "consent"
             else None,
             tries_left=self._tries_left,
+            step_up_ask=self._step_up_ask if self.state == "step_up" else None,
             result=self._result,
         )
 
@@ -315,12 +329,15 @@ class Flow:
         self._mode, self._amount, self._currency = "pay", amount_minor, currency
         self._move("begin_face", "look_at_camera")
 
-    def start_deletion(self, phone_last4: str) -> None:
-        """ "Delete my face data": the face, confirmed by the phone's last four digits."""
-        _check_digits(phone_last4)
+    def start_deletion(self, phone_last4: str | None = None, *, phone: str | None = None) -> None:
+        """ "Delete my face data": the face, confirmed by the phone's last four digits or by
+        the full number (exactly one). Where four digits are not enough for the server, the
+        session ends with outcome ``full_phone_required``: start again with `phone`."""
+        kind, typed = phone_answer(phone_last4, phone)
+        checked = _checked_phone(kind, typed)
         self._require_free()
         self._clear()
-        self._mode, self._deletion_digits = "delete", phone_last4
+        self._mode, self._deletion_phone = "delete", (kind, checked)
         self._move("begin_face", "look_at_camera")
 
     def start_enrollment(
@@ -347,18 +364,24 @@ class Flow:
         self._enrollment.signed_at = dt.datetime.now(dt.UTC)
         self._move("agree", "look_at_camera")
 
-    def enter_digits(self, phone_last4: str) -> None:
-        if self.state != "step_up":
+    def enter_digits(self, typed: str) -> None:
+        """The shopper's answer to the step-up, of the kind it asks (`screen.step_up_ask`):
+        the last four digits, or the full number. The other kind, or a typo, is refused with
+        `KioskError` (``bad_digits``, ``bad_phone_number``) and nothing is sent."""
+        asked = self._step_up_ask
+        if self.state != "step_up" or asked is None:
             raise KioskError("no step-up is asked now", code="no_step_up_pending")
-        _check_digits(phone_last4)
+        checked = _checked_phone(asked, typed)
+        phone_last4, phone = _keywords(asked, checked)
         self._move("submit", "please_wait")
-        self._call(lambda: self._server.step_up(self._answer, phone_last4))
+        self._call(lambda: self._server.step_up(self._answer, phone_last4=phone_last4, phone=phone))
 
     def cancel(self) -> None:
         self._end(Result("cancelled", "cancelled"))
 
-    def pay_another_way(self) -> None:
-        self._end(Result("other_way", "other_way"))
+    def pay_another_way(self, *, code: str = "other_way", explanation: str = "") -> None:
+        """The shopper pays another way; the till may say why with its own `code`."""
+        self._end(Result("other_way", code, explanation=explanation))
 
     # ------------------------------------------------------------ what the camera gives
 
@@ -416,9 +439,10 @@ class Flow:
         self._good = []
         self._check = None
         self._liveness_name = "none"
-        self._deletion_digits = None
+        self._deletion_phone = None
         self._answer = None
         self._tries_left = None
+        self._step_up_ask = None
         self._result = None
         self._face_box = None
         self._prompt = "welcome"
@@ -541,13 +565,18 @@ class Flow:
 
     def _delete(self) -> None:
         best = max(self._good, key=lambda good: good.score)
-        assert self._deletion_digits is not None
+        assert self._deletion_phone is not None
+        phone_last4, phone = _keywords(*self._deletion_phone)
         try:
             answer = self._server.delete_me(
-                best.embedding, self._liveness_name, self._deletion_digits
+                best.embedding, self._liveness_name, phone_last4=phone_last4, phone=phone
             )
         except KioskError as error:
-            self._end_on_error(error)
+            if error.code == FULL_PHONE_REQUIRED:
+                # Among the server's many shoppers, four digits leave too many candidates.
+                self._end(Result(FULL_PHONE_REQUIRED, error.code, explanation=_FULL_PHONE))
+            else:
+                self._end_on_error(error)
             return
         if _field(answer, "status") == "deleted":
             receipt = f"receipt {_field(answer, 'request_id')} at {_field(answer, 'done_at')}"
@@ -609,16 +638,52 @@ class Flow:
                 )
             )
         elif status == "step_up_required":
+            asked = _field(answer, "step_up_ask") or PHONE_LAST4  # an older server: 4 digits
+            if asked not in ASKS:
+                shown = str(asked)[:40]
+                self._end(
+                    Result(
+                        "error",
+                        "step_up_ask_unknown",
+                        explanation=f"the server asks for {shown!r}, which this kiosk cannot take",
+                    )
+                )
+                return
+            self._step_up_ask = PHONE if asked == PHONE else PHONE_LAST4
             self._tries_left = _field(answer, "tries_left")
-            self._move("ask_digits", "enter_phone_digits")
+            self._move("ask_digits", STEP_UP_PROMPTS[self._step_up_ask])
         else:
             code = _field(answer, "decline_code") or "declined"
             self._end(Result("declined", code, payment_id=_field(answer, "payment_id")))
 
 
-def _check_digits(phone_last4: str) -> None:
-    if len(phone_last4) != 4 or not phone_last4.isdigit():
-        raise KioskError("type the last four digits of your phone", code="bad_digits")
+# The step-up's prompt for what the server asks.
+STEP_UP_PROMPTS: dict[PhoneAsk, str] = {
+    PHONE_LAST4: "enter_phone_digits",
+    PHONE: "enter_phone_number",
+}
+FULL_PHONE_REQUIRED = "full_phone_required"  # the server's code, and the deletion's outcome
+_FULL_PHONE = (
+    "the last four digits are not enough to find you among this store's shoppers: "
+    "start again with the full phone number"
+)
+
+
+def _checked_phone(asked: PhoneAsk, typed: str) -> str:
+    """What the shopper typed, trimmed, if it is the kind asked; the errors never quote it."""
+    text = typed.strip() if isinstance(typed, str) else ""
+    if asked == PHONE_LAST4 and not is_last4(text):
+        why = ", not the full number" if is_phone_number(text) else ""
+        raise KioskError(f"type the last four digits of your phone{why}", code="bad_digits")
+    if asked == PHONE and not is_phone_number(text):
+        why = "not only its last four digits" if is_last4(text) else "7 to 15 digits"
+        raise KioskError(f"type your full phone number: {why}", code="bad_phone_number")
+    return text
+
+
+def _keywords(asked: PhoneAsk, text: str) -> tuple[str | None, str | None]:
+    """(phone_last4, phone) for the server client, exactly one of them set."""
+    return (text, None) if asked == PHONE_LAST4 else (None, text)
 
 
 def _too_few(needed: int, found: int) -> str:

@@ -143,13 +143,22 @@ class AnnouncingServer:
         self.announce()
         return self._server.pay(amount_minor, currency, embedding, liveness)
 
-    def step_up(self, answer: Any, phone_last4: str) -> Any:
+    def step_up(
+        self, answer: Any, *, phone_last4: str | None = None, phone: str | None = None
+    ) -> Any:
         self.announce()
-        return self._server.step_up(answer, phone_last4)
+        return self._server.step_up(answer, phone_last4=phone_last4, phone=phone)
 
-    def delete_me(self, embedding: Embedding, liveness: str, phone_last4: str) -> Any:
+    def delete_me(
+        self,
+        embedding: Embedding,
+        liveness: str,
+        *,
+        phone_last4: str | None = None,
+        phone: str | None = None,
+    ) -> Any:
         self.announce()
-        return self._server.delete_me(embedding, liveness, phone_last4)
+        return self._server.delete_me(embedding, liveness, phone_last4=phone_last4, phone=phone)
 
 
 def _nothing() -> None:
@@ -243,14 +252,14 @@ class Runner:
             starts=True,
         )
 
-    def start_deletion(self, phone_last4: str) -> None:
-        self._call(lambda: self._flow.start_deletion(phone_last4), starts=True)
+    def start_deletion(self, phone_last4: str | None = None, *, phone: str | None = None) -> None:
+        self._call(lambda: self._flow.start_deletion(phone_last4, phone=phone), starts=True)
 
     def agree(self, name: str) -> None:
         self._call(lambda: self._flow.agree(name))
 
-    def enter_digits(self, phone_last4: str) -> None:
-        self._call(lambda: self._flow.enter_digits(phone_last4))
+    def enter_digits(self, typed: str) -> None:
+        self._call(lambda: self._flow.enter_digits(typed))
 
     def cancel(self) -> None:
         self._call(self._flow.cancel)

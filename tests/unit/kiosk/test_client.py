@@ -607,13 +607,14 @@ def test_step_up_has_its_own_key_and_a_wrong_challenge_is_a_final_409(
 ) -> None:
     asked = client.pay(5_000, "CAD", probe(face), "none")
     assert asked.status == "step_up_required" and asked.step_up_reason == "amount"
+    assert asked.step_up_ask == "phone_last4"  # said by the server, or its default
     assert asked.challenge_id and asked.tries_left == 3
     wrong = dataclasses.replace(asked, challenge_id=str(uuid.uuid4()))
     with pytest.raises(ServerError) as refused:
-        client.step_up(wrong, "0142")
+        client.step_up(wrong, phone_last4="0142")
     assert (refused.value.code, refused.value.status) == ("challenge_mismatch", 409)
     assert not client.has_pending()
-    approved = client.step_up(asked, "0142")
+    approved = client.step_up(asked, phone_last4="0142")
     assert approved.status == "approved" and approved.kind == "step_up"
     assert approved.wallet_balance == 5_000
     keys = {call.headers.get("Idempotency-Key") for call in transport.calls}
@@ -621,7 +622,7 @@ def test_step_up_has_its_own_key_and_a_wrong_challenge_is_a_final_409(
     assert asked.idempotency_key != approved.idempotency_key
     assert [t.amount for t in charges(app)] == [5_000]
     with pytest.raises(KioskError) as nothing_asked:
-        client.step_up(approved, "0142")
+        client.step_up(approved, phone_last4="0142")
     assert nothing_asked.value.code == "no_step_up_pending"
     assert_ledger_ok(app)
 
@@ -766,7 +767,7 @@ def test_delete_me_posts_a_probe_sealed_for_deletion(
     server, outbox, _ = planned
     face = SyntheticFace(np.random.default_rng(4))
     sample = face.sample()
-    answer = deletion_client(planned).delete_me(Template(sample), "none", "0142")
+    answer = deletion_client(planned).delete_me(Template(sample), "none", phone_last4="0142")
     assert isinstance(answer, DeletionAnswer)
     assert answer.status == "deleted" and answer.request_id and not answer.replayed
     (opened,) = server.opened
@@ -782,7 +783,9 @@ def test_a_deletion_is_resent_with_its_key_until_answered(
 ) -> None:
     server, _, _ = planned
     face = SyntheticFace(np.random.default_rng(4))
-    answer = deletion_client(planned, "lose").delete_me(Template(face.sample()), "none", "0142")
+    answer = deletion_client(planned, "lose").delete_me(
+        Template(face.sample()), "none", phone_last4="0142"
+    )
     assert answer.status == "deleted" and answer.replayed
     first, second = server.calls
     assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
@@ -790,11 +793,11 @@ def test_a_deletion_is_resent_with_its_key_until_answered(
 
     crashing = deletion_client(planned, "crash")
     with pytest.raises(Crash):
-        crashing.delete_me(Template(face.sample()), "none", "0142")
+        crashing.delete_me(Template(face.sample()), "none", phone_last4="0142")
     restarted = deletion_client(planned)
     assert restarted.has_pending()
     with pytest.raises(OutboxPending):
-        restarted.delete_me(Template(face.sample()), "none", "0142")
+        restarted.delete_me(Template(face.sample()), "none", phone_last4="0142")
     (resolved,) = restarted.resolve_pending()
     assert isinstance(resolved, DeletionAnswer) and resolved.status == "deleted"
     assert not restarted.has_pending()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiosk.errors import ServerUnavailable
+from kiosk.errors import KioskError, ServerError, ServerUnavailable
 from kiosk.flow import Flow, FlowSettings, QualityGate
 from models.engine import Embedding, FaceEngine
 from models.images import load_image
@@ -40,7 +40,8 @@ class ScriptedServer:
     answers: list[Any] = field(default_factory=list)
     payments: list[tuple[int, str, Embedding, str]] = field(default_factory=list)
     enrollments: list[dict[str, Any]] = field(default_factory=list)
-    digits: list[str] = field(default_factory=list)
+    # Each phone answer as sent: {"phone_last4": "0142"} or {"phone": "+1 514 555 0142"}.
+    phones: list[dict[str, str]] = field(default_factory=list)
 
     def policy(self) -> dict[str, Any]:
         return {"version": 3, "texts": {"en": {"text": "We keep…", "sha256": "a" * 64}}}
@@ -53,12 +54,21 @@ class ScriptedServer:
         self.payments.append((amount_minor, currency, embedding, liveness))
         return self._next()
 
-    def step_up(self, answer: Any, phone_last4: str) -> Any:
-        self.digits.append(phone_last4)
+    def step_up(
+        self, answer: Any, *, phone_last4: str | None = None, phone: str | None = None
+    ) -> Any:
+        self.phones.append(_given(phone_last4=phone_last4, phone=phone))
         return self._next()
 
-    def delete_me(self, embedding: Embedding, liveness: str, phone_last4: str) -> Any:
-        self.digits.append(phone_last4)
+    def delete_me(
+        self,
+        embedding: Embedding,
+        liveness: str,
+        *,
+        phone_last4: str | None = None,
+        phone: str | None = None,
+    ) -> Any:
+        self.phones.append(_given(phone_last4=phone_last4, phone=phone))
         self.payments.append((0, "", embedding, liveness))
         return self._next()
 
@@ -67,6 +77,10 @@ class ScriptedServer:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+def _given(**answers: str | None) -> dict[str, str]:
+    return {name: value for name, value in answers.items() if value is not None}
 
 
 @dataclass
@@ -257,7 +271,7 @@ def test_step_up_asks_for_the_digits_then_approves(
     with pytest.raises(Exception, match="four digits"):
         flow.enter_digits("12a4")
     flow.enter_digits("0142")
-    assert server.digits == ["0142"] and flow.result is not None
+    assert server.phones == [{"phone_last4": "0142"}] and flow.result is not None
     assert flow.result.outcome == "approved"
 
 
@@ -340,10 +354,126 @@ def test_delete_me_sends_the_face_with_the_digits(
     flow.start_deletion("0142")
     feed(flow, photos["p01"][:3], clock)
     assert flow.result is not None and (flow.result.outcome, flow.result.ok) == ("deleted", True)
-    assert "r-1" in flow.result.explanation and server.digits == ["0142"]
+    assert "r-1" in flow.result.explanation and server.phones == [{"phone_last4": "0142"}]
     flow.start_deletion("0142")
     feed(flow, photos["p01"][:3], clock)
     assert flow.result is not None and flow.result.outcome == "not_found"
+
+
+# ---------------------------------------------------------------- what the server asks for
+
+FULL_PHONE = "+1 (514) 555-0142"
+
+
+@pytest.mark.parametrize(
+    ("asked", "prompt", "wrong", "wrong_code", "right", "sent"),
+    [
+        ("phone", "enter_phone_number", "0142", "bad_phone_number", FULL_PHONE, "phone"),
+        ("phone_last4", "enter_phone_digits", FULL_PHONE, "bad_digits", "0142", "phone_last4"),
+        (None, "enter_phone_digits", FULL_PHONE, "bad_digits", "0142", "phone_last4"),
+    ],
+)
+def test_step_up_takes_only_the_kind_the_server_asks_for(
+    engine: FaceEngine,
+    photos: dict[str, list[np.ndarray]],
+    asked: str | None,
+    prompt: str,
+    wrong: str,
+    wrong_code: str,
+    right: str,
+    sent: str,
+) -> None:
+    """The server says what it asks (an older one says nothing: four digits); the other kind
+    is refused on the kiosk with nothing sent, and the one asked is sent alone."""
+    challenge: dict[str, Any] = {"status": "step_up_required", "payment_id": "p-2", "tries_left": 3}
+    if asked is not None:
+        challenge["step_up_ask"] = asked
+    server, clock = ScriptedServer([challenge, APPROVED]), Clock()
+    flow = make_flow(engine, server, clock)
+    flow.start_payment(25_000, "CAD")
+    feed(flow, photos["p01"][:3], clock)
+    assert (flow.state, flow.screen.prompt) == ("step_up", prompt)
+    assert flow.screen.step_up_ask == (asked or "phone_last4")
+    with pytest.raises(KioskError) as refused:
+        flow.enter_digits(wrong)
+    assert refused.value.code == wrong_code
+    assert wrong not in str(refused.value)  # a phone number is not repeated in an error
+    assert server.phones == [] and flow.state == "step_up"
+    flow.enter_digits(f" {right} ")  # what the keypad or the till adds around it is trimmed
+    assert server.phones == [{sent: right}]
+    assert flow.result is not None and flow.result.outcome == "approved"
+    assert flow.screen.step_up_ask is None  # asked only while in step_up
+
+
+@pytest.mark.parametrize(
+    ("typed", "accepted"),
+    [
+        ("5145550142", True),
+        ("+1 514 555 0142", True),
+        ("(514) 555-0142", True),
+        ("514.555.0142", True),
+        ("5550142", True),  # 7 digits
+        ("123456789012345", True),  # 15 digits
+        ("555014", False),  # 6 digits
+        ("1234567890123456", False),  # 16 digits
+        ("+1 (514) 555 - 0142 - 00 00", False),  # more than 24 characters
+        ("514 555 0142 ext 9", False),
+        ("1+514 555 0142", False),  # a + only in front
+        ("", False),
+    ],
+)
+def test_a_full_phone_number_is_checked_before_it_is_sent(
+    engine: FaceEngine, photos: dict[str, list[np.ndarray]], typed: str, accepted: bool
+) -> None:
+    challenge = {"status": "step_up_required", "payment_id": "p-2", "step_up_ask": "phone"}
+    server, clock = ScriptedServer([challenge, APPROVED]), Clock()
+    flow = make_flow(engine, server, clock)
+    flow.start_payment(25_000, "CAD")
+    feed(flow, photos["p01"][:3], clock)
+    if accepted:
+        flow.enter_digits(typed)
+        assert server.phones == [{"phone": typed}]
+    else:
+        with pytest.raises(KioskError, match="full phone number") as refused:
+            flow.enter_digits(typed)
+        assert refused.value.code == "bad_phone_number" and server.phones == []
+
+
+def test_a_step_up_asking_for_something_unknown_ends_the_session(
+    engine: FaceEngine, photos: dict[str, list[np.ndarray]]
+) -> None:
+    challenge = {"status": "step_up_required", "payment_id": "p-2", "step_up_ask": "email"}
+    server, clock = ScriptedServer([challenge]), Clock()
+    flow = make_flow(engine, server, clock)
+    flow.start_payment(25_000, "CAD")
+    feed(flow, photos["p01"][:3], clock)
+    assert flow.result is not None
+    assert (flow.result.outcome, flow.result.code) == ("error", "step_up_ask_unknown")
+    assert "email" in flow.result.explanation and server.phones == []
+
+
+def test_delete_me_with_the_full_number_or_told_to_give_it(
+    engine: FaceEngine, photos: dict[str, list[np.ndarray]]
+) -> None:
+    needs_full = ServerError("four digits are not enough", code="full_phone_required", status=422)
+    receipt = {"status": "deleted", "request_id": "r-2", "done_at": "2026-11-26T23:00:00+00:00"}
+    server, clock = ScriptedServer([needs_full, receipt]), Clock()
+    flow = make_flow(engine, server, clock)
+    flow.start_deletion("0142")
+    feed(flow, photos["p01"][:3], clock)
+    assert flow.result is not None and not flow.result.ok
+    assert (flow.result.outcome, flow.result.code) == ("full_phone_required", "full_phone_required")
+    assert "full phone number" in flow.result.explanation
+    with pytest.raises(KioskError) as refused:
+        flow.start_deletion(phone="0142")  # four digits are not a full number
+    assert refused.value.code == "bad_phone_number"
+    for both_or_neither in ({}, {"phone_last4": "0142", "phone": FULL_PHONE}):
+        with pytest.raises(ValueError, match="exactly one"):
+            flow.start_deletion(**both_or_neither)
+    flow.start_deletion(phone=FULL_PHONE)
+    feed(flow, photos["p01"][:3], clock)
+    assert flow.result is not None and flow.result.outcome == "deleted"
+    assert server.phones == [{"phone_last4": "0142"}, {"phone": FULL_PHONE}]
 
 
 def test_a_single_photo_is_not_enough_to_enroll_and_the_result_says_why(

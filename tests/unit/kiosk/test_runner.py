@@ -298,7 +298,7 @@ def test_stop_ends_the_thread_and_closes_the_source(engine: FaceEngine, p01_fold
 
 
 def test_announcing_server_passes_everything_through() -> None:
-    server = ScriptedServer([{"status": "deleted"}])
+    server = ScriptedServer([{"status": "deleted"}, {"status": "approved"}])
     announcing = AnnouncingServer(server)
     calls: list[str] = []
     announcing.announce = lambda: calls.append("announced")
@@ -306,5 +306,10 @@ def test_announcing_server_passes_everything_through() -> None:
     vector = np.ones(4, np.float32) / 2
     from models.engine import Embedding
 
-    assert announcing.delete_me(Embedding(vector, "p@1"), "none", "0142") == {"status": "deleted"}
-    assert calls == ["announced", "announced"] and server.digits == ["0142"]
+    deleted = announcing.delete_me(Embedding(vector, "p@1"), "none", phone="+1 514 555 0142")
+    assert deleted == {"status": "deleted"}
+    assert announcing.step_up({"status": "step_up_required"}, phone_last4="0142") == {
+        "status": "approved"
+    }
+    assert calls == ["announced"] * 3
+    assert server.phones == [{"phone": "+1 514 555 0142"}, {"phone_last4": "0142"}]

@@ -361,7 +361,7 @@ def test_step_up_digits_then_the_result(
     assert (wrong.status_code, wrong.get_json()["code"]) == (422, "bad_digits")
     right = act(client, "/actions/digits", {"digits": "0142"})
     assert right.get_json()["state"]["result"]["outcome"] == "approved"
-    assert server.digits == ["0142"]
+    assert server.phones == [{"phone_last4": "0142"}]
 
 
 def test_a_declined_payment_says_why_and_offers_the_other_ways(
@@ -727,7 +727,7 @@ def test_the_screen_in_each_state(kiosk: Kiosk, page: Page, faces_dir: Path) -> 
         ["Payment approved", "Marie T.", "Wallet balance", "$87.50", "Amount paid", "$12.50"],
         ["prompt-first", "result-label", "mark"],
     )
-    assert kiosk.server.digits == ["0142"]
+    assert kiosk.server.phones == [{"phone_last4": "0142"}]
 
     # 7. declined, with the reason and the other ways to pay
     kiosk.server.answers.append(DECLINED)
