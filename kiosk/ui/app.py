@@ -8,8 +8,10 @@ Routes:
 - ``GET /preview.jpg``: the latest frame looked at, mirrored, with the face box drawn; only
   while the flow is looking, only to a loopback client, never cached, stored or logged;
 - ``POST /actions/pay`` (amount "12.50" or amount_minor 1250, currency), ``/actions/enroll``
-  (email, phone, wallet, currency), ``/actions/agree`` (name), ``/actions/digits`` (digits),
-  ``/actions/cancel``, ``/actions/other-way``: JSON in, ``{"ok": true, "state": …}`` out.
+  (email, phone, wallet, currency), ``/actions/delete`` (phone_last4 or phone: "delete my
+  face data"), ``/actions/agree`` (name), ``/actions/digits`` (digits: the step-up's answer,
+  four digits or the full number as the state's ``keypad`` asks), ``/actions/cancel``,
+  ``/actions/other-way``: JSON in, ``{"ok": true, "state": …}`` out.
 
 A web page elsewhere must not be able to drive the kiosk through the shopper's browser, nor
 read what it shows: every request must name this machine in its Host (no DNS rebinding) and
@@ -165,6 +167,19 @@ def create_ui(runner: Runner, *, token: str | None = None, locale: str | None = 
         currency = _currency(data.get("currency", "CAD"))
         wallet = _wallet(data.get("wallet", "0"), currency)
         runner.start_enrollment(email=email, phone=phone, wallet_amount=wallet, currency=currency)
+        return _done(state())
+
+    @app.post("/actions/delete")
+    def delete() -> Response:
+        data = _body()
+        given = [name for name in ("phone_last4", "phone") if data.get(name) is not None]
+        if len(given) != 1:
+            raise UiError("a deletion takes phone_last4 or phone", code="bad_request")
+        typed = _text(data, given[0])
+        if given[0] == "phone":
+            runner.start_deletion(phone=typed)
+        else:
+            runner.start_deletion(typed)
         return _done(state())
 
     @app.post("/actions/agree")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiosk.flow import Result
+from kiosk.phone import MAX_PHONE_DIGITS, MIN_PHONE_DIGITS, PHONE, PHONE_LAST4
 from kiosk.runner import FACE_STATES, Preview, View
 from kiosk.ui import texts
 
@@ -38,6 +39,7 @@ def state_document(view: View, preview: Preview | None) -> dict[str, Any]:
         "frame": frame,
         "notice": _notice(screen.notice, view.locale) if screen.state == "consent" else None,
         "tries_left": screen.tries_left if screen.state == "step_up" else None,
+        "keypad": _keypad(screen.step_up_ask) if screen.state == "step_up" else None,
         "result": _result(result, screen.currency) if result is not None else None,
         "other_ways": [
             {"key": key, "text": texts.text(texts.OTHER_WAYS, key)} for key in screen.other_ways
@@ -54,6 +56,14 @@ def _money(minor: int | None, currency: str | None) -> dict[str, Any] | None:
     if minor is None or currency is None:
         return None
     return {"minor": minor, "currency": currency, "text": texts.money(minor, currency)}
+
+
+def _keypad(asked: str | None) -> dict[str, Any]:
+    """What the step-up's keypad takes: the last four digits, or the full number (digits
+    only: the page shows them grouped)."""
+    if asked == PHONE:
+        return {"ask": PHONE, "min_digits": MIN_PHONE_DIGITS, "max_digits": MAX_PHONE_DIGITS}
+    return {"ask": PHONE_LAST4, "min_digits": 4, "max_digits": 4}
 
 
 def _notice(policy: dict[str, Any] | None, locale: str) -> dict[str, Any] | None:
@@ -74,7 +84,7 @@ def _notice(policy: dict[str, Any] | None, locale: str) -> dict[str, Any] | None
 
 
 def _result(result: Result, currency: str | None) -> dict[str, Any]:
-    reason = texts.REASONS.get(result.code) if result.code != result.outcome else None
+    reason = texts.REASONS.get(result.code)  # why, where there is more to say than the title
     return {
         "outcome": result.outcome,
         "code": result.code,

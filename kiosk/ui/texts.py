@@ -42,6 +42,10 @@ PROMPTS: dict[str, Texts] = {
         "en": "Type the last 4 digits of your phone number",
         "fr": "Entrez les 4 derniers chiffres de votre numéro de téléphone",
     },
+    "enter_phone_number": {
+        "en": "Type your full phone number",
+        "fr": "Entrez votre numéro de téléphone complet",
+    },
 }
 
 OUTCOMES: dict[str, Texts] = {
@@ -50,6 +54,10 @@ OUTCOMES: dict[str, Texts] = {
     "enrolled": {"en": "You are enrolled", "fr": "Inscription terminée"},
     "deleted": {"en": "Your face data is deleted", "fr": "Vos données faciales sont effacées"},
     "not_found": {"en": "We could not find you", "fr": "Nous ne vous avons pas trouvé"},
+    "full_phone_required": {
+        "en": "Your full phone number is needed",
+        "fr": "Votre numéro de téléphone complet est requis",
+    },
     "cancelled": {"en": "Cancelled", "fr": "Annulé"},
     "other_way": {"en": "Please pay another way", "fr": "Veuillez payer autrement"},
     "timed_out": {"en": "Time is up", "fr": "Temps écoulé"},
@@ -86,11 +94,19 @@ REASONS: dict[str, Texts] = {
         "fr": "Votre portefeuille est dans une autre devise.",
     },
     "step_up_failed": {
-        "en": "The digits did not match.",
-        "fr": "Les chiffres ne correspondent pas.",
+        "en": "The phone number did not match.",
+        "fr": "Le numéro de téléphone ne correspond pas.",
     },
     "step_up_expired": {"en": "The check expired.", "fr": "La vérification a expiré."},
-    "step_up_timed_out": {"en": "No digits were typed.", "fr": "Aucun chiffre n’a été entré."},
+    "step_up_timed_out": {
+        "en": "No phone number was typed.",
+        "fr": "Aucun numéro de téléphone n’a été entré.",
+    },
+    "full_phone_required": {
+        "en": "The last 4 digits are not enough here: start again with your full phone number.",
+        "fr": "Les 4 derniers chiffres ne suffisent pas ici : recommencez avec votre numéro "
+        "complet.",
+    },
 }
 
 OTHER_WAYS: dict[str, Texts] = {
@@ -117,13 +133,17 @@ PROBLEMS: dict[str, Texts] = {
 ERRORS: dict[str, Texts] = {
     "name_required": {"en": "Type your full name to sign.", "fr": "Tapez votre nom complet."},
     "bad_digits": {"en": "Type exactly 4 digits.", "fr": "Tapez exactement 4 chiffres."},
+    "bad_phone_number": {
+        "en": "Type your full phone number: 7 to 15 digits.",
+        "fr": "Tapez votre numéro complet : 7 à 15 chiffres.",
+    },
     "no_consent_pending": {
         "en": "There is nothing to sign now.",
         "fr": "Il n’y a rien à signer pour le moment.",
     },
     "no_step_up_pending": {
-        "en": "No digits are needed now.",
-        "fr": "Aucun chiffre n’est demandé pour le moment.",
+        "en": "No phone number is needed now.",
+        "fr": "Aucun numéro n’est demandé pour le moment.",
     },
     "error": {"en": "That did not work. Please ask staff.", "fr": "Cela n’a pas fonctionné."},
 }
@@ -140,6 +160,9 @@ LABELS: dict[str, Texts] = {
     "agree": {"en": "I agree", "fr": "J’accepte"},
     "notice_title": {"en": "Consent to pay by face", "fr": "Consentement au paiement facial"},
     "digits": {"en": "Last 4 digits", "fr": "4 derniers chiffres"},
+    "phone_number": {"en": "Phone number", "fr": "Numéro de téléphone"},
+    "keypad": {"en": "Keypad", "fr": "Clavier"},
+    "delete_key": {"en": "Delete", "fr": "Effacer"},
     "confirm": {"en": "Confirm", "fr": "Confirmer"},
     "tries_left": {"en": "Tries left", "fr": "Essais restants"},
     "balance": {"en": "Wallet balance", "fr": "Solde du portefeuille"},

@@ -14,6 +14,10 @@
   let previewSeq = 0;
   let previewLoading = false;
   let lastState = null;
+  let lastTries = null;
+  // The step-up's keypad: what it takes (from the state's "keypad") and the digits typed.
+  let keypad = { ask: "phone_last4", min_digits: 4, max_digits: 4 };
+  let typed = "";
 
   function setText(id, value) {
     const node = $(id);
@@ -52,6 +56,27 @@
   $("preview").addEventListener("load", () => { previewLoading = false; });
   $("preview").addEventListener("error", () => { previewLoading = false; });
 
+  // A full number is shown in groups from the right: "1 514 555 0142"; four digits as typed.
+  function grouped(digits) {
+    if (keypad.ask !== "phone" || digits.length <= 4) return digits;
+    const groups = [digits.slice(-4)];
+    let rest = digits.slice(0, -4);
+    while (rest.length > 3) {
+      groups.unshift(rest.slice(-3));
+      rest = rest.slice(0, -3);
+    }
+    if (rest) groups.unshift(rest);
+    return groups.join(" ");
+  }
+
+  function setTyped(text) {
+    typed = text.replace(/\D/g, "").slice(0, keypad.max_digits);
+    const input = $("digits");
+    const shown = grouped(typed);
+    if (input.value !== shown) input.value = shown;
+    $("digits-send").disabled = typed.length < keypad.min_digits;
+  }
+
   function render(state) {
     const entering = state.state !== lastState;
     lastState = state.state;
@@ -74,6 +99,8 @@
     showPreview(state);
     setText("tries-left", state.tries_left == null ? "" : state.tries_left);
     $("tries").hidden = state.tries_left == null;
+    body.dataset.ask = state.keypad ? state.keypad.ask : "";
+    if (state.keypad) keypad = state.keypad;
 
     const result = state.result;
     setText("result-reason", result && result.reason ? result.reason[first] : "");
@@ -85,10 +112,13 @@
     setText("other-way-list", ways);
     $("result-ways").hidden = !result || result.ok;
 
-    if (entering) {
-      hideError();
+    // A new step-up, or the same one asked again after a wrong answer: start from nothing.
+    const askedAgain = state.state === "step_up" && state.tries_left !== lastTries;
+    lastTries = state.tries_left;
+    if (entering || askedAgain) {
+      if (entering) hideError();
       if (state.state === "consent") $("name").value = "";
-      if (state.state === "step_up") { $("digits").value = ""; $("digits").focus(); }
+      if (state.state === "step_up") { setTyped(""); $("digits").focus(); }
     }
   }
 
@@ -125,7 +155,14 @@
   });
   $("digits-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    act("/actions/digits", { digits: $("digits").value.trim() });
+    if (typed.length < keypad.min_digits) return;
+    act("/actions/digits", { digits: typed });
+  });
+  $("digits").addEventListener("input", () => setTyped($("digits").value));
+  $("keypad").addEventListener("click", (event) => {
+    const key = event.target.closest("button.key");
+    if (!key) return;
+    setTyped(key.dataset.key === "delete" ? typed.slice(0, -1) : typed + key.dataset.key);
   });
   $("other-way").addEventListener("click", () => act("/actions/other-way"));
   $("cancel").addEventListener("click", () => act("/actions/cancel"));

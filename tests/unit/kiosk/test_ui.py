@@ -28,7 +28,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kiosk.camera import CameraSource, open_source
-from kiosk.flow import Flow, FlowSettings, Result, Screen
+from kiosk.errors import ServerError
+from kiosk.flow import STEP_UP_PROMPTS, Flow, FlowSettings, Result, Screen
 from kiosk.money import parse_amount
 from kiosk.runner import AnnouncingServer, Problem, Runner, View
 from kiosk.ui import TOKEN_HEADER, UiServer, create_ui
@@ -357,11 +358,65 @@ def test_step_up_digits_then_the_result(
         3,
         None,
     )
+    assert state["keypad"] == {"ask": "phone_last4", "min_digits": 4, "max_digits": 4}
     wrong = act(client, "/actions/digits", {"digits": "12a4"})
     assert (wrong.status_code, wrong.get_json()["code"]) == (422, "bad_digits")
     right = act(client, "/actions/digits", {"digits": "0142"})
     assert right.get_json()["state"]["result"]["outcome"] == "approved"
     assert server.phones == [{"phone_last4": "0142"}]
+
+
+def test_step_up_asking_for_the_full_number(
+    client: FlaskClient, runner: Runner, server: NoticeServer
+) -> None:
+    server.answers.extend([{**STEP_UP, "step_up_ask": "phone"}, APPROVED])
+    act(client, "/actions/pay", {"amount": "250.00"})
+    until(runner, "step_up")
+    state = client.get("/state").get_json()
+    assert state["prompt"]["key"] == "enter_phone_number"
+    assert state["prompt"]["text"]["en"] == "Type your full phone number"
+    assert state["keypad"] == {"ask": "phone", "min_digits": 7, "max_digits": 15}
+    four = act(client, "/actions/digits", {"digits": "0142"})
+    problem = four.get_json()
+    assert (four.status_code, problem["code"]) == (422, "bad_phone_number")
+    assert problem["text"]["en"] == "Type your full phone number: 7 to 15 digits."
+    assert server.phones == []
+    right = act(client, "/actions/digits", {"digits": "15145550142"})
+    assert right.get_json()["state"]["result"]["outcome"] == "approved"
+    assert right.get_json()["state"]["keypad"] is None
+    assert server.phones == [{"phone": "15145550142"}]
+
+
+def test_delete_my_face_data_by_either_kind_of_phone_answer(
+    client: FlaskClient, runner: Runner, server: NoticeServer
+) -> None:
+    for payload, code in [
+        ({}, "bad_request"),
+        ({"phone_last4": "0142", "phone": "+1 514 555 0142"}, "bad_request"),
+        ({"phone": "0142"}, "bad_phone_number"),
+        ({"phone_last4": "+1 514 555 0142"}, "bad_digits"),
+        ({"phone": 5145550142}, "bad_phone"),
+    ]:
+        refused = act(client, "/actions/delete", payload)
+        assert refused.get_json()["code"] == code, payload
+        assert refused.status_code in (400, 422)
+    assert client.get("/state").get_json()["state"] == "idle"
+
+    needs_full = ServerError("four digits are not enough", code="full_phone_required", status=422)
+    server.answers.append(needs_full)
+    started = act(client, "/actions/delete", {"phone_last4": "0142"})
+    assert started.get_json()["state"]["mode"] == "delete"
+    until(runner, "done")
+    result = client.get("/state").get_json()["result"]
+    assert (result["outcome"], result["ok"]) == ("full_phone_required", False)
+    assert result["title"]["en"] == "Your full phone number is needed"
+    assert "full phone number" in result["reason"]["en"]
+
+    server.answers.append({"status": "deleted", "request_id": "r-1", "done_at": "2026-11-26"})
+    act(client, "/actions/delete", {"phone": "+1 514 555 0142"})
+    until(runner, "done")
+    assert client.get("/state").get_json()["result"]["outcome"] == "deleted"
+    assert server.phones == [{"phone_last4": "0142"}, {"phone": "+1 514 555 0142"}]
 
 
 def test_a_declined_payment_says_why_and_offers_the_other_ways(
@@ -413,11 +468,12 @@ def test_every_prompt_and_outcome_has_words() -> None:
     from kiosk import liveness
     from kiosk.ui import texts
 
-    flow_prompts = {"welcome", "read_notice", "please_wait", "enter_phone_digits"}
+    flow_prompts = {"welcome", "read_notice", "please_wait", *STEP_UP_PROMPTS.values()}
     gate = {"look_at_camera", "one_person", "move_closer", "more_light", "less_light"}
     gate |= {"hold_still", "face_camera"}
     assert flow_prompts | gate | set(liveness.PROMPTS) <= set(texts.PROMPTS)
     outcomes = {"approved", "declined", "enrolled", "deleted", "not_found", "cancelled"}
+    outcomes |= {"full_phone_required"}
     outcomes |= {"other_way", "timed_out", "liveness_failed", "no_face", "server_unavailable"}
     assert outcomes | {"error"} <= set(texts.OUTCOMES)
     for table in (texts.PROMPTS, texts.OUTCOMES, texts.REASONS, texts.LABELS, texts.ERRORS):
@@ -784,3 +840,43 @@ def test_the_page_shows_refusals_in_both_languages(kiosk: Kiosk, page: Page) -> 
     page.click("cancel")
     page.state("done", "cancelled")
     wait_for(lambda: kiosk.runner.view.screen.state == "done", "the runner")
+
+
+def test_a_full_phone_number_typed_on_the_keypad(kiosk: Kiosk, page: Page, faces_dir: Path) -> None:
+    """The server asks for the full number: the keypad takes up to 15 digits, shows them
+    grouped, takes one back with its delete key, and sends the digits alone."""
+    kiosk.runner.cancel()
+    kiosk.liveness.released.set()
+    kiosk.webcam.show(_scene(faces_dir, "img1.jpg"))
+    kiosk.server.answers.extend([{**STEP_UP, "step_up_ask": "phone"}, APPROVED])
+    sent_before = len(kiosk.server.phones)
+    kiosk.till("/actions/pay", {"amount": "80.00"})
+    page.state("step_up")
+    page.wait(lambda: "Type your full phone number" in page.text(), "the full-number prompt")
+
+    def typed() -> str:
+        return str(page.js("return document.getElementById('digits').value"))
+
+    def can_send() -> bool:
+        return not page.js("return document.getElementById('digits-send').disabled")
+
+    for key in "514555":
+        page.click(f"key-{key}")
+    assert typed() == "51 4555" and not can_send()  # six digits: not a number yet
+    for key in "01429":
+        page.click(f"key-{key}")
+    page.click("key-delete")  # a slip, taken back
+    assert typed() == "514 555 0142" and can_send()
+    page.type("digits", "1234567")  # a keyboard works too, up to 15 digits
+    assert typed() == "51 455 501 421 2345"
+    for _ in range(5):
+        page.click("key-delete")
+    assert typed() == "514 555 0142"
+    page.shoot(
+        "10-step-up-phone",
+        ["Type your full phone number", "Phone number", "Tries left", "$80.00"],
+        ["prompt-first", "digits", "keypad", "key-delete", "digits-send", "other-way"],
+    )
+    page.click("digits-send")
+    page.state("done", "approved")
+    assert kiosk.server.phones[sent_before:] == [{"phone": "5145550142"}]
