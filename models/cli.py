@@ -312,6 +312,16 @@ def evaluate_command(
         )
 
 
+def _fit_simulator(scores: Any, dimension: int) -> dict[str, Any]:
+    """The calibration's `simulator` and `curves` entries, fitted to the labelled scores."""
+    from models import simulate
+
+    targets = simulate.FitTargets.of(scores.impostor, scores.genuine)
+    model = simulate.fit(targets, dimension)
+    curves = simulate.draw_curves(simulate.GallerySimulator(model, seed=3))
+    return {"simulator": model.as_dict(), "curves": curves.as_dict()}
+
+
 @models_group.command("calibrate")
 @pack_option
 @_with_labels
@@ -323,6 +333,13 @@ def evaluate_command(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the operating points into this manifest JSON file.",
 )
+@click.option(
+    "--simulator/--no-simulator",
+    default=True,
+    show_default=True,
+    help="Also fit the gallery simulator to the scores and draw the risk rule's score curves "
+    "(a few minutes).",
+)
 @json_option
 def calibrate_command(
     pack_id: str,
@@ -332,9 +349,11 @@ def calibrate_command(
     flip: bool | None,
     dataset: str,
     write_manifest: Path | None,
+    simulator: bool,
     as_json: bool,
 ) -> None:
-    """Operating points (thresholds at FMR 1e-3, 1e-4, 1e-5) from a labelled set."""
+    """Operating points (thresholds at FMR 1e-3, 1e-4, 1e-5) from a labelled set, and the
+    gallery simulator fitted to it with the score curves the server's risk rule reads."""
     from models import evaluate
 
     labelled = _labelled_pairs(pairs, identities)
@@ -343,6 +362,8 @@ def calibrate_command(
     scores = evaluate.score_pairs(evaluate.embed_files(engine, images_dir, files), labelled)
     calibration = evaluate.calibrate(scores, dataset=dataset, date=dt.date.today().isoformat())
     data = dataclasses.asdict(calibration)
+    if simulator:
+        data.update(_fit_simulator(scores, engine.manifest.embedding_size))
     if write_manifest is not None:
         document = json.loads(write_manifest.read_text(encoding="utf-8"))
         if document.get("id") != pack_id:

@@ -69,6 +69,46 @@ class OperatingPoint:
 
 
 @dataclass(frozen=True)
+class ScoreCurves:
+    """Score distributions of the pack's gallery simulator, on a grid of thresholds: what the
+    server's risk rule reads (`server.matching.risk`). `thresholds[i] = start + i * step`.
+
+    - `impostor_survival[i]`: share of (probe, another person's enrolled template) pairs
+      scoring at or above threshold i: the false match rate of one shopper compared;
+    - `genuine_below[i]`: share of (probe, own enrolled template) pairs scoring below it;
+    - `duplicate_survival[i]`: share of (enrolled template, another person's) pairs at or
+      above it: the false match rate of one comparison of the duplicate check.
+
+    A probe is one capture; an enrolled template is the mean of one visit's frames (the
+    gallery keeps one fused row per shopper). `resolution` is the smallest rate the curves can
+    show (3 / pairs counted: the 95% bound at zero seen); a rate below it is unknown, and the
+    risk rule treats it as `resolution`.
+    """
+
+    start: float
+    step: float
+    impostor_survival: tuple[float, ...]
+    genuine_below: tuple[float, ...]
+    duplicate_survival: tuple[float, ...]
+    resolution: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        count = len(self.impostor_survival)
+        if count < 2 or len(self.genuine_below) != count or len(self.duplicate_survival) != count:
+            raise PackError("score curves need matching arrays of at least two points")
+        if not (self.step > 0 and 0 < self.resolution < 1 and math.isfinite(self.start)):
+            raise PackError("score curves need a positive step and a resolution in (0, 1)")
+        for curve in (self.impostor_survival, self.genuine_below, self.duplicate_survival):
+            if not all(0.0 <= value <= 1.0 for value in curve):
+                raise PackError("score curve values must be shares in [0, 1]")
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return tuple(self.start + i * self.step for i in range(len(self.impostor_survival)))
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Operating points measured on a named labelled set.
 
@@ -85,6 +125,10 @@ class Calibration:
     points: tuple[OperatingPoint, ...]
     default_threshold: float
     default_rule: str = "no_impostor"
+    # The fitted gallery simulator's parameters (`models.simulate.SimulatorModel`) and the
+    # score curves drawn from it; None for a pack calibrated without one.
+    simulator: Mapping[str, Any] | None = None
+    curves: ScoreCurves | None = None
 
     def threshold(self, fmr: float) -> float:
         for point in self.points:
@@ -206,6 +250,20 @@ def _parse_calibration(raw: Mapping[str, Any]) -> Calibration:
         points=points,
         default_threshold=float(raw["default_threshold"]),
         default_rule=str(raw.get("default_rule", "no_impostor")),
+        simulator=dict(raw["simulator"]) if raw.get("simulator") else None,
+        curves=_parse_curves(raw["curves"]) if raw.get("curves") else None,
+    )
+
+
+def _parse_curves(raw: Mapping[str, Any]) -> ScoreCurves:
+    return ScoreCurves(
+        start=float(raw["start"]),
+        step=float(raw["step"]),
+        impostor_survival=tuple(float(v) for v in raw["impostor_survival"]),
+        genuine_below=tuple(float(v) for v in raw["genuine_below"]),
+        duplicate_survival=tuple(float(v) for v in raw["duplicate_survival"]),
+        resolution=float(raw["resolution"]),
+        source=str(raw.get("source", "")),
     )
 
 

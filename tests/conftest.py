@@ -64,3 +64,15 @@ def face_vectors(faces_dir: Path, engine: Any) -> dict[str, list[np.ndarray]]:
     for name, embedding in sorted(embedded.embeddings.items()):
         vectors.setdefault(identities[name], []).append(embedding.vector)
     return vectors
+
+
+@pytest.fixture(scope="session")
+def labelled_vectors(faces_dir: Path, engine: Any) -> tuple[np.ndarray, list[str]]:
+    """Every labelled photo's embedding (default pack) and its identity, in file order."""
+    from models import evaluate
+
+    identities = evaluate.read_identities(faces_dir / "identities.csv")
+    embedded = evaluate.embed_files(engine, faces_dir / "images", list(identities))
+    names = sorted(embedded.embeddings)
+    vectors = np.stack([embedded.embeddings[name].vector for name in names])
+    return vectors, [identities[name] for name in names]
