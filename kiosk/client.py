@@ -7,9 +7,9 @@ the kiosk's Ed25519 key over method, path, body sha256, timestamp, nonce and kio
 with associated data binding kiosk, pack, purpose and liveness check
 (`server.templates.transport_associated_data`), so only the server can open it.
 
-The outbox (one SQLite file in the kiosk's home) holds, for each POST that moves money,
-answers a challenge or deletes a shopper, its idempotency key and the exact request body,
-committed *before* the first attempt. Its states:
+The outbox (kiosk.outbox: one SQLite file in the kiosk's home) holds, for each POST that
+moves money, answers a challenge or deletes a shopper, its idempotency key and the exact
+request body, committed *before* the first attempt. Its states:
 
 - ``pending``: written, not answered yet (maybe never sent, maybe sent and the answer lost).
   Retries resend the same bytes with the same key (a fresh signature, timestamp and nonce each
@@ -37,25 +37,21 @@ kind of request, the first characters of its idempotency key, attempts and HTTP 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import http.client
 import json
 import logging
-import os
 import random
 import re
 import secrets
-import sqlite3
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol, Self
 
 import numpy as np
@@ -63,6 +59,16 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kiosk.errors import KioskError, ServerError, ServerUnavailable
+from kiosk.outbox import (
+    ABANDONED,
+    ANSWERED,
+    DELETION,
+    PENDING,
+    RESENT_KINDS,
+    Outbox,
+    OutboxEntry,
+    OutboxPending,
+)
 from kiosk.phone import PHONE, PHONE_LAST4, PhoneAsk, is_last4, is_phone_number, phone_answer
 from server.crypto import body_sha256_hex, seal_to, sign_request
 from server.templates import (
@@ -97,14 +103,6 @@ __all__ = [
     "urllib_transport",
 ]
 
-PENDING: Final = "pending"
-ANSWERED: Final = "answered"
-ABANDONED: Final = "abandoned"
-
-# Requests resent with their key until answered: one at a time, each resolved before the next.
-_PAYMENT_KINDS: Final = ("payment", "step_up", "capture", "void")
-_DELETION: Final = "deletion"
-_RESENT_KINDS: Final = (*_PAYMENT_KINDS, _DELETION)
 _ENROLLMENT: Final = "enrollment"
 _TEMPLATES_PER_ENROLLMENT: Final = (3, 5)
 _CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
@@ -522,186 +520,6 @@ def _deletion_answer(reply: _Reply, *, key: str | None) -> DeletionAnswer:
     )
 
 
-# ---------------------------------------------------------------- the outbox
-
-
-class OutboxPending(KioskError):
-    """A payment's (or deletion's) answer is not known yet: `resolve_pending()` first."""
-
-    code = "outbox_pending"
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    key: str
-    kind: str
-    method: str
-    path: str
-    state: str
-    attempts: int
-    created_at: str
-    answered_at: str | None
-    response_status: int | None
-    replayed: bool
-    body: bytes | None = field(repr=False)  # the exact request; erased once answered
-    response: bytes | None = field(repr=False)  # the final answer (JSON), kept for the record
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    idempotency_key TEXT PRIMARY KEY,
-    kind            TEXT NOT NULL,
-    method          TEXT NOT NULL,
-    path            TEXT NOT NULL,
-    body            BLOB,
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'answered', 'abandoned')),
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    created_at      TEXT NOT NULL,
-    answered_at     TEXT,
-    response_status INTEGER,
-    response        BLOB,
-    replayed        INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, created_at);
-"""
-_COLUMNS = (
-    "idempotency_key, kind, method, path, state, attempts, created_at, answered_at, "
-    "response_status, replayed, body, response"
-)
-
-
-class Outbox:
-    """The kiosk's record of requests it must see answered, in one SQLite file (0600).
-
-    Every write is its own committed transaction (WAL, ``synchronous=FULL``: durable when the
-    call returns); erased bodies are overwritten on disk (``secure_delete``). Connections are
-    short-lived, so two clients on one file (a restarted kiosk) see each other's entries.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"Outbox({str(self.path)!r})"
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        if not self.path.exists():
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        connection = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA secure_delete=ON")
-            connection.executescript(_SCHEMA)
-            yield connection
-        finally:
-            connection.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-
-    def add(self, *, key: str, kind: str, method: str, path: str, body: bytes, now: str) -> None:
-        """Record a request before its first attempt. A payment or deletion request is refused
-        with `OutboxPending` while another one is pending (checked in the same
-        transaction, so two callers cannot both pass)."""
-        with self._transaction() as connection:
-            if kind in _RESENT_KINDS:
-                marks = ",".join("?" for _ in _RESENT_KINDS)
-                waiting = connection.execute(
-                    f"SELECT count(*) FROM outbox WHERE state = ? AND kind IN ({marks})",
-                    (PENDING, *_RESENT_KINDS),
-                ).fetchone()[0]
-                if waiting:
-                    raise OutboxPending(
-                        f"{waiting} earlier request(s) still wait for the server's answer: "
-                        "resolve them before a new payment"
-                    )
-            connection.execute(
-                "INSERT INTO outbox (idempotency_key, kind, method, path, body, state, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, kind, method, path, body, PENDING, now),
-            )
-
-    def count_attempt(self, key: str) -> None:
-        """Committed before each attempt: ``attempts > 0`` means it may have been sent."""
-        with self._transaction() as connection:
-            connection.execute(
-                "UPDATE outbox SET attempts = attempts + 1 WHERE idempotency_key = ?", (key,)
-            )
-
-    def answer(self, key: str, *, status: int, response: bytes, replayed: bool, now: str) -> None:
-        """Record the final answer and erase the request body."""
-        with self._transaction() as connection:
-            connection.execute(
-                "UPDATE outbox SET state = ?, body = NULL, response_status = ?, response = ?, "
-                "replayed = ?, answered_at = ? WHERE idempotency_key = ? AND state = ?",
-                (ANSWERED, status, response, int(replayed), now, key, PENDING),
-            )
-
-    def abandon(self, key: str, *, now: str) -> None:
-        """An entry that will not be resent (an enrollment, or one too old to resend safely):
-        its body is erased."""
-        with self._transaction() as connection:
-            connection.execute(
-                "UPDATE outbox SET state = ?, body = NULL, answered_at = ? "
-                "WHERE idempotency_key = ? AND state = ?",
-                (ABANDONED, now, key, PENDING),
-            )
-
-    def get(self, key: str) -> OutboxEntry | None:
-        with self._connect() as connection:
-            row = connection.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE idempotency_key = ?", (key,)
-            ).fetchone()
-        return _entry(row) if row is not None else None
-
-    def entries(self, state: str | None = None) -> list[OutboxEntry]:
-        """The entries (in `state`, if given), oldest first."""
-        where, parameters = ("WHERE state = ?", (state,)) if state is not None else ("", ())
-        with self._connect() as connection:
-            rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM outbox {where} ORDER BY created_at, rowid", parameters
-            ).fetchall()
-        return [_entry(row) for row in rows]
-
-    def pending(self) -> list[OutboxEntry]:
-        """Pending entries, oldest first."""
-        return self.entries(PENDING)
-
-    def has_pending(self) -> bool:
-        """True while a payment or deletion request waits for its answer (an enrollment
-        left pending does not count: it is abandoned, not resent)."""
-        return any(entry.kind in _RESENT_KINDS for entry in self.pending())
-
-
-def _entry(row: Sequence[Any]) -> OutboxEntry:
-    key, kind, method, path, state, attempts, created, answered, status, replayed, body, resp = row
-    return OutboxEntry(
-        key=key,
-        kind=kind,
-        method=method,
-        path=path,
-        state=state,
-        attempts=int(attempts),
-        created_at=created,
-        answered_at=answered,
-        response_status=status,
-        replayed=bool(replayed),
-        body=bytes(body) if body is not None else None,
-        response=bytes(resp) if resp is not None else None,
-    )
-
-
 # ---------------------------------------------------------------- the client
 
 
@@ -950,7 +768,7 @@ class ServerClient:
             "probe": self.identity.seal(embedding, purpose="delete", liveness=liveness),
             kind: typed,
         }
-        key, reply = self._deliver_new(_DELETION, "/v1/deletions", payload, retry=True)
+        key, reply = self._deliver_new(DELETION, "/v1/deletions", payload, retry=True)
         return _deletion_answer(reply, key=key).raise_for_error()
 
     def has_pending(self) -> bool:
@@ -966,7 +784,7 @@ class ServerClient:
         """
         answers: list[PaymentAnswer | DeletionAnswer] = []
         for entry in self.outbox.pending():
-            if entry.kind not in _RESENT_KINDS:
+            if entry.kind not in RESENT_KINDS:
                 self.outbox.abandon(entry.key, now=self._now())
                 logger.warning(
                     "outbox: %s %s abandoned after a restart (not resent)",
@@ -985,7 +803,7 @@ class ServerClient:
                 continue
             assert entry.body is not None  # pending entries keep their body
             reply = self._deliver(entry.key, entry.kind, entry.path, entry.body, retry=True)
-            if entry.kind == _DELETION:
+            if entry.kind == DELETION:
                 answers.append(_deletion_answer(reply, key=entry.key))
             else:
                 answers.append(_payment_answer(reply, kind=entry.kind, key=entry.key))
@@ -1114,7 +932,7 @@ class ServerClient:
 
 def _expired(entry: OutboxEntry) -> PaymentAnswer | DeletionAnswer:
     code = "outbox_entry_expired"
-    if entry.kind == _DELETION:
+    if entry.kind == DELETION:
         return DeletionAnswer("error", code=code, detail=_EXPIRED, idempotency_key=entry.key)
     return PaymentAnswer(
         "error", kind=entry.kind, code=code, detail=_EXPIRED, idempotency_key=entry.key
