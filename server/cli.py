@@ -556,3 +556,7 @@ def openapi(output: Path | None) -> None:
 from server.operators.cli import operator_group  # noqa: E402 (its commands import back lazily)
 
 server_group.add_command(operator_group)
+
+from server.matching.cli import risk_command  # noqa: E402
+
+server_group.add_command(risk_command)

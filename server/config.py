@@ -28,11 +28,19 @@ class Settings:
     sealing_key_file: Path | None = None
     key_store: Path | None = None  # shopper data keys, apart from the main database
     signature_window_s: int = 300
-    # Matching policy: threshold at this FMR, margin over the best other shopper, and the
-    # false-positive identification risk (N x FMR) above which the server asks for step-up.
+    # Matching policy: no threshold below the pack's point at this FMR; the best shopper must
+    # lead the next by the margin. The risk rule (server.matching.risk) sets each step-up
+    # rung's threshold and chooses the rung from these targets.
     match_fmr: float = 1e-3
     match_margin: float = 0.05
-    target_fpir: float = 1e-4
+    risk_wrong_wallet: float = 1e-5  # an honest payment charged to another wallet
+    risk_stranger: float = 1e-4  # a stranger's face with random digits, per attempt
+    risk_targeted: float = 1e-2  # someone who knows a victim's phone number, per day
+    risk_false_duplicate: float = 1e-3  # a new shopper's face declared a duplicate
+    risk_min_completion: float = 0.98  # honest payments approved at a rung, or the next rung
+    risk_mistype_rate: float = 0.01  # digits mistyped by an honest shopper (an assumption)
+    risk_phone_space: int = 1_000_000_000  # numbers a random full phone number comes from
+    step_up_failures_per_day: int = 10  # failed step-ups a shopper's record allows a day
     require_liveness: bool | None = None  # default: required in production only
     change_poll_s: float = 0.25
     # Payments. Amounts in minor units of the payment's currency.
@@ -101,7 +109,14 @@ _ENV_NAMES = {
     "signature_window_s": "FACEPAY_SIGNATURE_WINDOW_S",
     "match_fmr": "FACEPAY_MATCH_FMR",
     "match_margin": "FACEPAY_MATCH_MARGIN",
-    "target_fpir": "FACEPAY_TARGET_FPIR",
+    "risk_wrong_wallet": "FACEPAY_RISK_WRONG_WALLET",
+    "risk_stranger": "FACEPAY_RISK_STRANGER",
+    "risk_targeted": "FACEPAY_RISK_TARGETED",
+    "risk_false_duplicate": "FACEPAY_RISK_FALSE_DUPLICATE",
+    "risk_min_completion": "FACEPAY_RISK_MIN_COMPLETION",
+    "risk_mistype_rate": "FACEPAY_RISK_MISTYPE_RATE",
+    "risk_phone_space": "FACEPAY_RISK_PHONE_SPACE",
+    "step_up_failures_per_day": "FACEPAY_STEP_UP_FAILURES_PER_DAY",
     "require_liveness": "FACEPAY_REQUIRE_LIVENESS",
     "change_poll_s": "FACEPAY_CHANGE_POLL_S",
     "currencies": "FACEPAY_CURRENCIES",
@@ -165,12 +180,25 @@ def _check_ranges(settings: Settings) -> None:
         "authorization_ttl_s",
         "idempotency_ttl_h",
         "idempotency_lease_s",
+        "step_up_failures_per_day",
+        "risk_phone_space",
     )
     for name in positive:
         if not getattr(settings, name) > 0:
             raise ConfigError(f"setting {name} must be positive")
     if settings.idempotency_ttl_h < 24:
         raise ConfigError("idempotency keys are kept at least 24 hours")
+    shares = (
+        "risk_wrong_wallet",
+        "risk_stranger",
+        "risk_targeted",
+        "risk_false_duplicate",
+        "risk_min_completion",
+        "risk_mistype_rate",
+    )
+    for name in shares:
+        if not 0 <= getattr(settings, name) <= 1:
+            raise ConfigError(f"setting {name} must be a share between 0 and 1")
     if settings.step_up_above < 0:
         raise ConfigError("setting step_up_above must not be negative")
     if not 0 <= settings.trusted_proxies <= 5:

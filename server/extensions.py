@@ -20,6 +20,7 @@ from server.keys import InstanceKeys, load_keys
 from server.matching.service import FeedFollower, Gallery, GalleryUnavailable
 from server.observability import LOG_FORMATS, Metrics
 from server.observability import init_app as init_observability
+from server.shoppers import service as shoppers
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Services:
         if self.gallery.loaded:
             return
         with self.sessions() as session:
+            if shoppers.hash_missing_phones(session, self.keys):
+                session.commit()  # rows enrolled before the full-number step-up existed
             self.gallery.load(session)
         self.follower = FeedFollower(
             self.gallery, self.sessions, self.settings.database, self.settings.change_poll_s

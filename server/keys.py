@@ -63,6 +63,13 @@ class InstanceKeys:
             self.phone_key, b"facepay-phone-last4\x00" + last4.encode(), hashlib.sha256
         ).hexdigest()
 
+    def phone_hash(self, number: str) -> str:
+        """Keyed hash of a whole phone number (`shoppers.service.national_number` form): the
+        full-number step-up finds its one shopper by it."""
+        return hmac.new(
+            self.phone_key, b"facepay-phone\x00" + number.encode(), hashlib.sha256
+        ).hexdigest()
+
     def contact_hash(self, purpose: str, value: str) -> str:
         """Keyed hash for one-time codes and the emails they were sent to (never kept plain)."""
         return hmac.new(

@@ -57,7 +57,7 @@ def face_vectors(faces_dir: Path, engine: Any) -> dict[str, list[np.ndarray]]:
     from models import evaluate
 
     identities = evaluate.read_identities(faces_dir / "identities.csv")
-    wanted = {"p01", "p02", "p03", "p04"}
+    wanted = {"p01", "p02", "p03", "p04", "p11", "p12"}
     files = [f for f, who in sorted(identities.items()) if who in wanted]
     embedded = evaluate.embed_files(engine, faces_dir / "images", files)
     vectors: dict[str, list[np.ndarray]] = {}

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import asdict
+import logging
 from typing import Any
 
 from apiflask import APIBlueprint
@@ -9,8 +9,20 @@ from server.enrollment import service
 from server.enrollment.schemas import EnrollmentIn, EnrollmentOut
 from server.extensions import services
 from server.kiosks.auth import SECURITY, current_kiosk, kiosk_required
+from server.mail import MailError, send_mail
+
+logger = logging.getLogger(__name__)
 
 bp = APIBlueprint("enrollment", __name__, url_prefix="/v1", tag="Enrollment")
+
+_DUPLICATE_SUBJECT = "A new facepay enrollment looked like your face"
+_DUPLICATE_BODY = (
+    "Someone enrolled at a facepay kiosk (store {store}) today with a face our system found "
+    "very close to yours. Nothing about your account was shown to them, and your account is "
+    "unchanged.\n\n"
+    "If it was you, you now have two accounts: you can delete one at the privacy page.\n"
+    "If it was not you, no action is needed; write to us if you want us to look into it.\n"
+)
 
 
 @bp.post("/enrollments")
@@ -34,4 +46,27 @@ def enroll(body: dict[str, Any]) -> dict[str, Any]:
         )
         session.commit()
         svc.gallery.apply_local(session, "add_shopper", enrolled.shopper_id, enrolled.pack)
-    return asdict(enrolled)
+        if enrolled.face_duplicate_of is not None:
+            _tell_existing_account(session, enrolled.face_duplicate_of, kiosk.store)
+    return {
+        "enrollment_id": enrolled.enrollment_id,
+        "shopper_id": enrolled.shopper_id,
+        "masked_label": enrolled.masked_label,
+        "pack": enrolled.pack,
+        "wallet_balance": enrolled.wallet_balance,
+        "currency": enrolled.currency,
+    }
+
+
+def _tell_existing_account(session: Any, shopper_id: str, store: str) -> None:
+    """Mail the account a new enrollment's face matched (committed already; a mail that
+    fails is logged, and the audit record stays)."""
+    email = service.email_of(session, shopper_id)
+    if not email:
+        return
+    try:
+        send_mail(
+            services().settings, email, _DUPLICATE_SUBJECT, _DUPLICATE_BODY.format(store=store)
+        )
+    except MailError as exc:
+        logger.error("the face-duplicate notice could not be mailed: %s", exc)

@@ -31,6 +31,7 @@ from server.keys import InstanceKeys
 from server.kiosks.models import Kiosk
 from server.ledger import service as ledger
 from server.matching.service import Gallery, record_change
+from server.shoppers import service as shoppers
 from server.shoppers.models import Shopper
 from server.templates import (
     TemplateInvalid,
@@ -50,9 +51,12 @@ class TemplateRejected(ProblemError):
 
 
 class AlreadyEnrolled(ProblemError):
+    """Refused by claim: the email address or phone number is an account's already (a kiosk
+    retrying an enrollment that went through gets this too)."""
+
     status_code = 409
     code = "already_enrolled"
-    title = "This face is already enrolled"
+    title = "This email address or phone number already has an account"
 
 
 class LivenessRequired(ProblemError):
@@ -129,6 +133,9 @@ class Enrolled:
     pack: str
     wallet_balance: int
     currency: str
+    # The account whose face this one's matched (see `enroll`): told by mail after the commit.
+    # Never part of the kiosk's answer.
+    face_duplicate_of: str | None = None
 
 
 def enroll(
@@ -155,7 +162,22 @@ def enroll(
         gallery=gallery,
         liveness_required=liveness_required,
     )
-    duplicate = gallery.is_enrolled(pack, vectors)
+    # Duplicates by claim are refused: a phone number names one account (the full-number
+    # step-up finds its one shopper by it), and so does an email address.
+    contact = body["contact"]
+    digits = shoppers.phone_digits(contact["phone"])
+    if len(digits) < 7:
+        raise ProblemError("the phone number is too short", code="bad_phone", status=422)
+    if shoppers.claimed_by(session, keys, email=contact["email"], phone=contact["phone"]):
+        raise AlreadyEnrolled(
+            "an account already uses this email address or phone number; "
+            "to enroll again, delete that account first"
+        )
+    # A face duplicate is declared only at a threshold whose false-duplicate chance at this
+    # gallery's size is within target (none at all in a large gallery), and never refuses:
+    # the kiosk's answer is the same as for anyone; the existing account's owner is told by
+    # mail, and the audit log keeps it against their record.
+    duplicate_of = gallery.face_duplicate(pack, vectors)
     record_event(
         session,
         keys.audit_key,
@@ -164,19 +186,11 @@ def enroll(
         data={
             "purpose": "enroll",
             "pack": pack,
-            "outcome": "duplicate" if duplicate else "no_match",
+            "outcome": "no_match" if duplicate_of is None else "face_duplicate",
             "liveness": liveness,
         },
     )
-    if duplicate:
-        session.commit()  # the attempt stays audited even though the enrollment is refused
-        raise AlreadyEnrolled("a shopper with this face is already enrolled")
-
-    contact = body["contact"]
     name = agreed["signature_name"].strip()
-    digits = re.sub(r"\D", "", contact["phone"])
-    if len(digits) < 7:
-        raise ProblemError("the phone number is too short", code="bad_phone", status=422)
     shopper = Shopper(
         id=str(uuid.uuid4()),
         full_name=name,
@@ -184,6 +198,7 @@ def enroll(
         email=contact["email"].strip().lower(),
         phone=contact["phone"].strip(),
         phone_last4_hash=keys.phone_last4_hash(digits[-4:]),
+        phone_hash=keys.phone_hash(shoppers.national_number(digits)),
     )
     session.add(shopper)
     session.flush()
@@ -229,6 +244,15 @@ def enroll(
         session, shopper.id, currency=wallet["currency"], opening_amount=wallet["amount"]
     )
     record_change(session, kind="add_shopper", shopper_id=shopper.id, pack=pack)
+    if duplicate_of is not None:
+        record_event(
+            session,
+            keys.audit_key,
+            "shopper.face_duplicate",
+            subject=duplicate_of,
+            actor=kiosk.id,
+            data={"store": kiosk.store, "pack": pack, "notified": "email"},
+        )
     record_event(
         session,
         keys.audit_key,
@@ -259,5 +283,17 @@ def enroll(
             retry_after_s=5,
         ) from exc
     return Enrolled(
-        enrollment.id, shopper.id, shopper.masked_label, pack, balance, wallet["currency"]
+        enrollment.id,
+        shopper.id,
+        shopper.masked_label,
+        pack,
+        balance,
+        wallet["currency"],
+        face_duplicate_of=duplicate_of,
     )
+
+
+def email_of(session: Session, shopper_id: str) -> str | None:
+    """The address an active shopper's notices go to."""
+    shopper = session.get(Shopper, shopper_id)
+    return shopper.email if shopper is not None and shopper.status == "active" else None

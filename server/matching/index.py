@@ -61,6 +61,7 @@ vector or a score.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -238,6 +239,48 @@ class RowBuffer:
         storage, count = self._storage, self._count
         self._storage, self._count = np.empty((0, self.dimension), np.float32), 0
         return storage, count
+
+    def fused(self, owners: npt.ArrayLike) -> tuple[Vectors, RowIndex]:
+        """One row per owner, the unit mean of that owner's rows (see `fuse`), and the owner of
+        each; empties the buffer. Rows are grouped by owner (as a cold start collects them)
+        or sorted by owner first."""
+        storage, count = self._take()
+        return fuse_by_owner(storage[:count], owners)
+
+
+def fuse(rows: npt.ArrayLike) -> Vectors:
+    """Several unit embeddings of one face (a shopper's templates, a visit's frames) as one:
+    their mean, scaled to unit length. Noise that differs between them averages out, so the
+    fused row scores a new capture of the same face higher than a single template does, and
+    each shopper is one comparison instead of several (the risk rule counts comparisons)."""
+    block = np.asarray(rows, dtype=np.float64)
+    if block.ndim != 2 or block.shape[0] == 0:
+        raise ValueError("fusing needs a (k, d) array of at least one row")
+    mean = block.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ValueError("these templates cannot be fused")
+    fused: Vectors = (mean / norm).astype(np.float32)[None, :]
+    return fused
+
+
+def fuse_by_owner(rows: npt.ArrayLike, owners: npt.ArrayLike) -> tuple[Vectors, RowIndex]:
+    """`fuse` per owner of many rows at once: (fused rows, owner of each), owners ascending."""
+    block = np.asarray(rows, dtype=np.float32)
+    owner_index = np.asarray(owners, dtype=np.int64)
+    if block.ndim != 2 or owner_index.shape != (block.shape[0],):
+        raise ValueError("owners must be one integer per row")
+    if block.shape[0] == 0:
+        return np.empty((0, block.shape[1]), np.float32), np.empty(0, np.int64)
+    if np.any(np.diff(owner_index) < 0):
+        order = np.argsort(owner_index, kind="stable")
+        block, owner_index = block[order], owner_index[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(owner_index) != 0])
+    sums = np.add.reduceat(block, starts, axis=0, dtype=np.float64)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise ValueError("these templates cannot be fused")
+    return (sums / norms).astype(np.float32), owner_index[starts]
 
 
 class GalleryIndex:

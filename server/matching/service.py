@@ -3,6 +3,11 @@ the database through the change feed, and the one place a face is searched.
 
 Only three callers exist, by design: enrollment (is this face already enrolled?), payment and
 deletion at a kiosk. Every search is audited by its caller with the outcome only.
+
+The index keeps one row per shopper: their templates fused (`index.fuse`, the unit mean).
+The pack's score curves, from which the risk rule sets every threshold, are drawn for exactly
+that comparison (one capture against a fused enrolment), and each shopper is then one
+comparison, not three to five.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -25,7 +30,7 @@ import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.manifest import Calibration, PackManifest, bundled_manifests
+from models.manifest import Calibration, PackManifest, ScoreCurves, bundled_manifests
 from server.config import Settings
 from server.crypto import (
     BulkKeyStore,
@@ -41,6 +46,7 @@ from server.crypto import (
     unwrap_data_key,
 )
 from server.enrollment.models import Template
+from server.matching import risk
 from server.matching._coldstart import (
     ChunkResult,
     ShopperChunk,
@@ -50,8 +56,8 @@ from server.matching._coldstart import (
     prepare_scan,
     template_rows,
 )
-from server.matching.decision import Decision, decide
-from server.matching.index import GalleryIndex, RowBuffer
+from server.matching.decision import Decision, search_and_decide
+from server.matching.index import GalleryIndex, RowBuffer, fuse
 from server.matching.models import GalleryChange
 from server.shoppers.models import Shopper
 
@@ -127,25 +133,45 @@ class _Collected:
             logger.info("gallery: decrypted %d of %d shoppers", mark * self._step, self._total)
         self._done += count
 
-    def packs(self) -> Iterator[tuple[str, RowBuffer, npt.NDArray[np.int64]]]:
-        """Per pack with templates: the rows and the owner of each."""
+    def packs(self) -> Iterator[tuple[str, npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
+        """Per pack with templates: one fused row per shopper and the owner of each."""
         for ref, rows in self._rows.items():
-            yield ref, rows, np.concatenate(self._owners[ref])
+            fused, owners = rows.fused(np.concatenate(self._owners[ref]))
+            yield ref, fused, owners
 
 
 @dataclass(frozen=True)
 class PackPolicy:
     manifest: PackManifest
     calibration: Calibration
+    curves: ScoreCurves
 
 
 def known_packs() -> dict[str, PackPolicy]:
-    """Packs the server accepts templates of: those with calibrated operating points."""
+    """Packs the server accepts templates of: those calibrated with score curves (without
+    them no threshold can be set from the risk targets)."""
     packs = {}
     for manifest in bundled_manifests().values():
-        if manifest.calibration is not None:
-            packs[manifest.ref] = PackPolicy(manifest, manifest.calibration)
+        calibration = manifest.calibration
+        if calibration is not None and calibration.curves is not None:
+            packs[manifest.ref] = PackPolicy(manifest, calibration, calibration.curves)
     return packs
+
+
+def risk_targets(settings: Settings) -> risk.RiskTargets:
+    """The risk rule's targets and assumptions, from the settings."""
+    return risk.RiskTargets(
+        wrong_wallet=settings.risk_wrong_wallet,
+        stranger=settings.risk_stranger,
+        targeted=settings.risk_targeted,
+        false_duplicate=settings.risk_false_duplicate,
+        min_completion=settings.risk_min_completion,
+        margin=settings.match_margin,
+        failures_per_day=settings.step_up_failures_per_day,
+        tries=settings.step_up_tries,
+        mistype_rate=settings.risk_mistype_rate,
+        phone_space=settings.risk_phone_space,
+    )
 
 
 class Gallery:
@@ -158,6 +184,7 @@ class Gallery:
         self.packs = known_packs()
         for policy in self.packs.values():
             policy.calibration.threshold(settings.match_fmr)  # fails at start-up, not per request
+        self.targets = risk_targets(settings)
         self._indexes = {
             ref: GalleryIndex(p.manifest.embedding_size) for ref, p in self.packs.items()
         }
@@ -372,7 +399,7 @@ class Gallery:
         key = self._data_key(shopper_id)
         index.add(
             shopper_id,
-            np.stack([self._decrypt(key, shopper_id, tid, pack, ct) for tid, ct in rows]),
+            fuse([self._decrypt(key, shopper_id, tid, pack, ct) for tid, ct in rows]),
         )
 
     def _data_key(self, shopper_id: str) -> DataKey:
@@ -395,45 +422,54 @@ class Gallery:
         """Shoppers per pack (counts only)."""
         return {ref: len(index) for ref, index in self._indexes.items()}
 
-    def is_enrolled(self, pack: str, probes: Iterable[npt.NDArray[np.float32]]) -> bool:
-        """Whether any probe matches an enrolled shopper at the pack's no-impostor threshold."""
-        threshold = self.packs[pack].calibration.default_threshold
+    def base_threshold(self, pack: str) -> float:
+        """The pack's threshold at the configured FMR: no rung matches below it."""
+        return self.packs[pack].calibration.threshold(self._settings.match_fmr)
+
+    def rung(self, pack: str, minimum: risk.Rung = risk.Rung.FACE) -> risk.RungRisk:
+        """The step-up rung this gallery's size calls for (`risk.ladder`), at least `minimum`.
+        Chosen from sizes and settings only, before any face is searched."""
+        return risk.ladder(
+            self.packs[pack].curves,
+            len(self._indexes[pack]),
+            self.targets,
+            base_threshold=self.base_threshold(pack),
+            minimum=minimum,
+        )
+
+    def face_duplicate(self, pack: str, frames: Sequence[npt.NDArray[np.float32]]) -> str | None:
+        """The shopper whose enrolled face matches these enrolment frames (fused), at the
+        lowest threshold whose chance of a false duplicate at this gallery's size is within
+        target; None when none matches, or when no such threshold can be shown (a large
+        gallery: then no face is ever declared a duplicate)."""
         index = self._indexes[pack]
-        for probe in probes:
-            found = index.search(probe, k=1, exhaustive_below=threshold)
-            if found and found[0].score >= threshold:
-                return True
-        return False
+        threshold = risk.duplicate_threshold(self.packs[pack].curves, len(index), self.targets)
+        if threshold is None or not len(index):
+            return None
+        found = index.search(fuse(np.stack(frames))[0], k=1, exhaustive_below=threshold)
+        if found and found[0].score >= threshold:
+            return found[0].shopper_id
+        return None
 
     def identify(
-        self, pack: str, probe: npt.NDArray[np.float32], restrict_to: Collection[str] | None = None
+        self,
+        pack: str,
+        probe: npt.NDArray[np.float32],
+        rung: risk.RungRisk,
+        restrict_to: Collection[str] | None = None,
     ) -> Decision:
-        """Top-2 search and the decision (match, no match, step-up). Scores stay in here."""
+        """Top-2 search at the rung's threshold and the decision (match, no match, step-up).
+        A rung without a threshold (no threshold meets the risk targets) matches nobody.
+        Scores stay in here."""
         from server.observability import observe_match  # counts and timings only
 
         started = time.perf_counter()
-        policy = self.packs[pack]
-        index = self._indexes[pack]
-        restricted = restrict_to is not None
-        floor = policy.calibration.threshold(self._settings.match_fmr)
-        candidates = index.search(probe, k=2, restrict_to=restrict_to, exhaustive_below=floor)
-        gallery_size = len(restrict_to) if restrict_to is not None else len(index)
-        # A match needs the threshold at the configured FMR; the FPIR estimate uses the
-        # strictest calibrated point the best score passes (N x that point's FMR).
-        best = candidates[0].score if candidates else -1.0
-        passed = [p for p in policy.calibration.points if floor <= p.threshold <= best]
-        threshold, fmr = (floor, self._settings.match_fmr)
-        if passed:
-            strictest = max(passed, key=lambda p: p.threshold)
-            threshold, fmr = strictest.threshold, strictest.fmr
-        decision = decide(
-            candidates,
-            threshold=threshold,
+        decision = search_and_decide(
+            self._indexes[pack],
+            probe,
+            rung,
             margin=self._settings.match_margin,
-            gallery_size=gallery_size,
-            fmr=fmr,
-            target_fpir=self._settings.target_fpir,
-            restricted=restricted,
+            restrict_to=restrict_to,
         )
         observe_match(self, pack, time.perf_counter() - started, decision)
         return decision

@@ -50,6 +50,8 @@ class Payment(Base):
     # The step-up challenge, while open; `expires_at` is also an authorization's expiry.
     challenge_id: Mapped[str | None] = mapped_column(String(36))
     step_up_reason: Mapped[str | None] = mapped_column(String(16))  # amount, identity
+    # What the challenge asks: phone_last4 or phone (a `server.matching.risk.Rung`).
+    step_up_ask: Mapped[str | None] = mapped_column(String(16))
     step_up_tries: Mapped[int] = mapped_column(default=0)
     probe_pack: Mapped[str | None] = mapped_column(String(80))
     probe_liveness: Mapped[str | None] = mapped_column(String(32))

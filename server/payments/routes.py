@@ -17,6 +17,7 @@ from server.idempotency import service as idempotency
 from server.idempotency.http import respond_once
 from server.kiosks.auth import SECURITY, current_kiosk, kiosk_required
 from server.payments import service
+from server.payments import step_up as step_up_service
 from server.payments.schemas import CaptureIn, IdempotencyHeaders, PaymentIn, PaymentOut, StepUpIn
 
 logger = logging.getLogger(__name__)
@@ -92,14 +93,18 @@ def get_payment(payment_id: str) -> Response:
 @bp.input(IdempotencyHeaders, location="headers", arg_name="headers")
 @bp.input(StepUpIn, arg_name="body")
 @bp.output(PaymentOut)
-@bp.doc(summary="Answer a step-up challenge with the phone's last four digits", security=SECURITY)
+@bp.doc(
+    summary="Answer a step-up challenge: the phone's last four digits or the whole number, "
+    "as the challenge's step_up_ask says",
+    security=SECURITY,
+)
 def step_up(payment_id: str, headers: dict[str, Any], body: dict[str, Any]) -> Response:
     svc = services()
     kiosk = current_kiosk()
     return _once(
         headers,
         body,
-        lambda session: service.step_up(
+        lambda session: step_up_service.step_up(
             session,
             kiosk=kiosk,
             payment_id=payment_id,

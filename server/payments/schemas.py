@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+from typing import Any
+
 from apiflask import Schema
 from apiflask.fields import DateTime, Integer, Nested, String
 from apiflask.validators import Length, OneOf, Range, Regexp
+from marshmallow import ValidationError, validates_schema
 
 from server.enrollment.schemas import SealedTemplateIn
 
 MAX_AMOUNT = 100_000_000  # minor units; far above any limit a server would configure
+PHONE_LAST4_PATTERN = r"^[0-9]{4}$"
+# A whole phone number as typed: 7 to 15 digits (E.164's most), with the usual separators.
+PHONE_PATTERN = r"^(?=(?:[^0-9]*[0-9]){7,15}[^0-9]*$)\+?[0-9 ().-]{7,24}$"
 
 
 class IdempotencyHeaders(Schema):
@@ -37,8 +43,19 @@ class PaymentIn(Schema):
 
 
 class StepUpIn(Schema):
+    """The answer to a challenge: what its `step_up_ask` named, and only that."""
+
     challenge_id = String(required=True, validate=Length(min=1, max=64))
-    phone_last4 = String(required=True, validate=Regexp(r"^[0-9]{4}$"))
+    phone_last4 = String(validate=Regexp(PHONE_LAST4_PATTERN))
+    phone = String(
+        validate=Regexp(PHONE_PATTERN),
+        metadata={"description": "the whole number: 7 to 15 digits, may have + ( ) - . spaces"},
+    )
+
+    @validates_schema
+    def one_answer(self, data: dict[str, Any], **_: Any) -> None:
+        if ("phone" in data) == ("phone_last4" in data):
+            raise ValidationError("send exactly one of phone_last4 and phone", "_schema")
 
 
 class CaptureIn(Schema):
@@ -72,6 +89,10 @@ class PaymentOut(Schema):
     decline_code = String(metadata={"description": "when declined: a stable code"})
     challenge_id = String(metadata={"description": "when step-up is required"})
     step_up_reason = String(validate=OneOf(("amount", "identity")))
+    step_up_ask = String(
+        validate=OneOf(("phone_last4", "phone")),
+        metadata={"description": "what the challenge asks: the phone's last four digits or all"},
+    )
     tries_left = Integer()
     expires_at = DateTime(metadata={"description": "an authorization's or a challenge's end"})
     shopper_label = String(metadata={"description": "first name and initial, when approved"})

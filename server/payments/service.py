@@ -28,6 +28,7 @@ from server.keys import InstanceKeys
 from server.kiosks.models import Kiosk
 from server.ledger import service as ledger
 from server.matching.decision import Decision
+from server.matching.risk import Rung
 from server.matching.service import Gallery
 from server.payments.models import (
     AUTHORIZED,
@@ -38,9 +39,8 @@ from server.payments.models import (
     VOIDED,
     Payment,
 )
-from server.shoppers import service as shoppers
 from server.shoppers.models import Shopper
-from server.templates import b64decode, b64encode
+from server.templates import b64decode
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def view(
     if payment.state == STEP_UP_REQUIRED:
         body["challenge_id"] = payment.challenge_id
         body["step_up_reason"] = payment.step_up_reason
+        body["step_up_ask"] = payment.step_up_ask or Rung.PHONE_LAST4.value
         body["tries_left"] = max(0, tries_allowed - payment.step_up_tries)
     if payment.expires_at is not None:
         body["expires_at"] = payment.expires_at.isoformat()
@@ -135,9 +136,15 @@ def match_then_record(
     gallery: Gallery,
     settings: Settings,
 ) -> Callable[[Session], Answer]:
-    """`POST /v1/payments` in two parts: open and match the probe (no database, so outside
-    the transaction), then return what approves, declines or asks for step-up, and records
-    the payment with its audit record, in the caller's transaction."""
+    """`POST /v1/payments` in two parts: open the probe and, where the risk rule lets a face
+    alone decide, match it (no database, so outside the transaction); then record what
+    approves, declines or asks for step-up, with its audit record, in the caller's
+    transaction.
+
+    The step-up rung is chosen from the gallery's size and the amount before any face is
+    searched (`Gallery.rung`): at a gallery too large for a face alone, the face is not
+    searched at all until the phone digits narrow it, and the answer (step-up, and which
+    rung) is the same for every face."""
     now = utcnow()
     currency = body["currency"]
     if currency not in settings.accepted_currencies:
@@ -151,7 +158,12 @@ def match_then_record(
         gallery=gallery,
         liveness_required=settings.liveness_required,
     )
-    decision = gallery.identify(pack, vectors[0])
+    large = body["amount"] > settings.step_up_above
+    rung = gallery.rung(pack, minimum=Rung.PHONE_LAST4 if large else Rung.FACE)
+    if rung.rung is Rung.FACE:
+        decision = gallery.identify(pack, vectors[0], rung)
+    else:
+        decision = Decision("step_up", None, f"rung_{rung.rung.value}")
 
     def record(session: Session) -> Answer:
         payment = Payment(
@@ -174,15 +186,17 @@ def match_then_record(
         label, balance = None, None
         if decision.outcome == "match":
             assert decision.shopper_id is not None
-            label, balance = _settle(session, payment, decision.shopper_id, settings, now)
+            label, balance = settle(session, payment, decision.shopper_id, settings, now)
         elif decision.outcome == "step_up":
-            _open_challenge(payment, b64decode(probe["sealed"]), "identity", settings, now)
+            # A thin margin at the face rung: the next rung up narrows the search.
+            asked = rung if rung.rung is not Rung.FACE else gallery.rung(pack, Rung.PHONE_LAST4)
+            reason = "amount" if large else "identity"
+            sealed = b64decode(probe["sealed"])
+            _open_challenge(payment, sealed, reason, asked.rung, settings, now)
         else:
             payment.decline_code = "no_match"
-        if payment.state == STEP_UP_REQUIRED and payment.sealed_probe is None:
-            _open_challenge(payment, b64decode(probe["sealed"]), "amount", settings, now)
         session.flush()
-        _audit_attempt(session, keys, kiosk, payment, decision, purpose="pay")
+        audit_attempt(session, keys, kiosk, payment, decision, purpose="pay")
         return 201, view(
             payment, tries_allowed=settings.step_up_tries, label=label, balance=balance
         )
@@ -190,62 +204,7 @@ def match_then_record(
     return record
 
 
-def step_up(
-    session: Session,
-    *,
-    kiosk: Kiosk,
-    payment_id: str,
-    body: Mapping[str, Any],
-    keys: InstanceKeys,
-    gallery: Gallery,
-    settings: Settings,
-) -> Answer:
-    """`POST /v1/payments/{id}/step-up`: search again among shoppers whose phone ends in the
-    digits the shopper typed; `step_up_tries` wrong answers decline the payment."""
-    now = utcnow()
-    payment = _locked_payment(session, payment_id, kiosk)
-    if payment.state != STEP_UP_REQUIRED:
-        raise PaymentConflict(f"the payment is {payment.state}", code="challenge_closed")
-    if body["challenge_id"] != payment.challenge_id:
-        raise PaymentConflict("this is not the payment's open challenge", code="challenge_mismatch")
-    if payment.expires_at is not None and payment.expires_at <= now:
-        _close_challenge(payment)
-        _decline(payment, "step_up_expired")
-        _audit_payment(session, keys, "payment.declined", payment, actor=kiosk.id)
-        return 200, view(payment)
-    assert payment.sealed_probe is not None and payment.probe_pack is not None
-    _, _, vectors = open_templates(
-        [
-            {
-                "pack": payment.probe_pack,
-                "liveness": payment.probe_liveness or "none",
-                "sealed": b64encode(payment.sealed_probe),
-            }
-        ],
-        kiosk_id=kiosk.id,
-        purpose="pay",
-        keys=keys,
-        gallery=gallery,
-        liveness_required=settings.liveness_required,
-    )
-    candidates = shoppers.with_phone_ending(session, keys, body["phone_last4"])
-    decision = gallery.identify(payment.probe_pack, vectors[0], restrict_to=candidates)
-    payment.step_up_tries += 1
-    label, balance = None, None
-    if decision.outcome == "match":
-        assert decision.shopper_id is not None
-        _close_challenge(payment)
-        payment.stepped_up = True
-        label, balance = _settle(session, payment, decision.shopper_id, settings, now)
-    elif payment.step_up_tries >= settings.step_up_tries:
-        _close_challenge(payment)
-        _decline(payment, "step_up_failed")
-    session.flush()
-    _audit_attempt(session, keys, kiosk, payment, decision, purpose="pay_step_up")
-    return 200, view(payment, tries_allowed=settings.step_up_tries, label=label, balance=balance)
-
-
-def _settle(
+def settle(
     session: Session, payment: Payment, shopper_id: str, settings: Settings, now: dt.datetime
 ) -> tuple[str | None, int | None]:
     """A face (and, after step-up, a phone ending) named the shopper: check what the rules
@@ -262,27 +221,23 @@ def _settle_unflushed(
     payment.shopper_id = shopper_id
     shopper = _shopper_and_consent(session, shopper_id)
     if shopper is None or shopper.status == "deleted":
-        return _decline(payment, "no_match")
+        return decline(payment, "no_match")
     if shopper.status == "suspended":
-        return _decline(payment, "account_suspended")
+        return decline(payment, "account_suspended")
     if not shopper.consented:
-        return _decline(payment, "consent_withdrawn")
+        return decline(payment, "consent_withdrawn")
     limits = Limits.of(shopper, settings)
     if payment.amount > limits.per_payment:
-        return _decline(payment, "limit_exceeded")
-    if payment.amount > settings.step_up_above and not payment.stepped_up:
-        payment.state = STEP_UP_REQUIRED
-        payment.shopper_id = None  # not known for sure until step-up
-        return None, None
+        return decline(payment, "limit_exceeded")
     wallet = ledger.wallet_of(session, shopper_id, lock=True)
     if wallet is None or wallet.currency != payment.currency:
-        return _decline(payment, "currency_mismatch")
+        return decline(payment, "currency_mismatch")
     if wallet.debits_held:  # only a wallet with holds can have stale ones
         _expire_holds_of(session, shopper_id, now)
     if _spent_today(session, shopper_id, now) + payment.amount > limits.per_day:
-        return _decline(payment, "limit_exceeded")
+        return decline(payment, "limit_exceeded")
     if wallet.available < payment.amount:
-        return _decline(payment, "insufficient_funds")
+        return decline(payment, "insufficient_funds")
     payment.decline_code = None
     if payment.capture_method == "automatic":
         payment.state, payment.captured_amount = CAPTURED, payment.amount
@@ -306,23 +261,29 @@ def _settle_unflushed(
     return shopper.masked_label, wallet.available
 
 
-def _decline(payment: Payment, code: str) -> tuple[None, None]:
+def decline(payment: Payment, code: str) -> tuple[None, None]:
     payment.state, payment.decline_code, payment.expires_at = DECLINED, code, None
     return None, None
 
 
 def _open_challenge(
-    payment: Payment, sealed: bytes, reason: str, settings: Settings, now: dt.datetime
+    payment: Payment,
+    sealed: bytes,
+    reason: str,
+    asked: Rung,
+    settings: Settings,
+    now: dt.datetime,
 ) -> None:
     payment.state = STEP_UP_REQUIRED
     payment.step_up_reason = reason
+    payment.step_up_ask = asked.value
     payment.challenge_id = str(uuid.uuid4())
     payment.sealed_probe = sealed
     payment.step_up_tries = 0
     payment.expires_at = now + dt.timedelta(seconds=settings.step_up_ttl_s)
 
 
-def _close_challenge(payment: Payment) -> None:
+def close_challenge(payment: Payment) -> None:
     """The probe is erased as soon as the challenge ends, whatever its end."""
     payment.sealed_probe = None
     payment.challenge_id = None
@@ -431,7 +392,7 @@ def capture(
     keys: InstanceKeys,
 ) -> Answer:
     """Capture an authorization once, for at most the authorized amount; the rest is released."""
-    payment = _locked_payment(session, payment_id, kiosk)
+    payment = locked_payment(session, payment_id, kiosk)
     _require_open_authorization(payment, "captured")
     amount = payment.amount if amount is None else amount
     if not 0 < amount <= payment.amount:
@@ -448,16 +409,16 @@ def capture(
     )
     payment.state, payment.captured_amount, payment.expires_at = CAPTURED, amount, None
     session.flush()
-    _audit_payment(session, keys, "payment.captured", payment, actor=kiosk.id)
+    audit_payment(session, keys, "payment.captured", payment, actor=kiosk.id)
     return 200, view(payment, balance=wallet.available)
 
 
 def void(session: Session, *, kiosk: Kiosk, payment_id: str, keys: InstanceKeys) -> Answer:
     """Cancel an authorization: its hold goes back to the wallet, nothing is charged."""
-    payment = _locked_payment(session, payment_id, kiosk)
+    payment = locked_payment(session, payment_id, kiosk)
     _require_open_authorization(payment, "voided")
     _release_hold(session, payment, VOIDED)
-    _audit_payment(session, keys, "payment.voided", payment, actor=kiosk.id)
+    audit_payment(session, keys, "payment.voided", payment, actor=kiosk.id)
     return 200, view(payment)
 
 
@@ -509,12 +470,12 @@ def sweep(session: Session, keys: InstanceKeys, now: dt.datetime | None = None) 
     for payment in expired:
         if payment.state == AUTHORIZED:
             _release_hold(session, payment, EXPIRED)
-            _audit_payment(session, keys, "payment.expired", payment, actor="server")
+            audit_payment(session, keys, "payment.expired", payment, actor="server")
             counts["authorizations"] += 1
         else:
-            _close_challenge(payment)
-            _decline(payment, "step_up_expired")
-            _audit_payment(session, keys, "payment.declined", payment, actor="server")
+            close_challenge(payment)
+            decline(payment, "step_up_expired")
+            audit_payment(session, keys, "payment.declined", payment, actor="server")
             counts["challenges"] += 1
     return counts
 
@@ -564,7 +525,7 @@ def refund(
     )
     payment.refunded_amount += amount
     session.flush()
-    _audit_payment(
+    audit_payment(
         session, keys, "payment.refunded", payment, actor=f"operator:{operator}", amount=amount
     )
     return 200, view(payment)
@@ -629,7 +590,7 @@ def get(session: Session, *, kiosk: Kiosk, payment_id: str, tries_allowed: int) 
     return view(payment, tries_allowed=tries_allowed)
 
 
-def _locked_payment(session: Session, payment_id: str, kiosk: Kiosk) -> Payment:
+def locked_payment(session: Session, payment_id: str, kiosk: Kiosk) -> Payment:
     payment = None
     if _plausible_id(payment_id):
         payment = session.scalars(
@@ -651,7 +612,7 @@ def _plausible_id(value: str) -> bool:
 # ---------------------------------------------------------------- audit
 
 
-def _audit_attempt(
+def audit_attempt(
     session: Session,
     keys: InstanceKeys,
     kiosk: Kiosk,
@@ -683,7 +644,7 @@ def _audit_attempt(
     )
 
 
-def _audit_payment(
+def audit_payment(
     session: Session, keys: InstanceKeys, kind: str, payment: Payment, *, actor: str, **extra: Any
 ) -> None:
     record_event(

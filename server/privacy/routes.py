@@ -1,5 +1,6 @@
-"""Deletion at the kiosk ("delete my face data"): identified by face, confirmed by the phone's
-last four digits, done at once, with a receipt."""
+"""Deletion at the kiosk ("delete my face data"): identified by face among the shoppers the
+phone's last four digits or whole number name (whichever the risk rule asks at this gallery's
+size), done at once, with a receipt."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from flask import Response
 
 from server.audit.service import record_event
 from server.enrollment.service import open_templates
+from server.errors import ProblemError
 from server.extensions import services
 from server.idempotency.http import respond_once
 from server.kiosks.auth import SECURITY, current_kiosk, kiosk_required
+from server.matching.risk import Rung
 from server.payments.schemas import IdempotencyHeaders
 from server.privacy import service
 from server.privacy.schemas import DeletionOut, KioskDeletionIn
@@ -21,13 +24,20 @@ from server.shoppers import service as shoppers
 bp = APIBlueprint("privacy", __name__, url_prefix="/v1", tag="Privacy")
 
 
+class FullPhoneRequired(ProblemError):
+    status_code = 422
+    code = "full_phone_required"
+    title = "The whole phone number is needed"
+
+
 @bp.post("/deletions")
 @kiosk_required
 @bp.input(IdempotencyHeaders, location="headers", arg_name="headers")
 @bp.input(KioskDeletionIn, arg_name="body")
 @bp.output(DeletionOut)
 @bp.doc(
-    summary="Delete my face data: the face and the phone's last four digits must agree",
+    summary="Delete my face data: the face and the phone number (its last four digits, or all "
+    "of it where the gallery is too large for four) must agree",
     security=SECURITY,
 )
 def delete_at_kiosk(headers: dict[str, Any], body: dict[str, Any]) -> Response:
@@ -44,8 +54,15 @@ def delete_at_kiosk(headers: dict[str, Any], body: dict[str, Any]) -> Response:
             gallery=svc.gallery,
             liveness_required=svc.settings.liveness_required,
         )
-        candidates = shoppers.with_phone_ending(session, svc.keys, body["phone_last4"])
-        decision = svc.gallery.identify(pack, vectors[0], restrict_to=candidates)
+        sent = Rung.PHONE if "phone" in body else Rung.PHONE_LAST4
+        rung = svc.gallery.rung(pack, minimum=sent)
+        if rung.rung is not sent:
+            raise FullPhoneRequired(
+                "at this gallery's size the last four digits are not enough: "
+                "send the whole phone number"
+            )
+        candidates = shoppers.narrowed(session, svc.keys, rung.rung, body)
+        decision = svc.gallery.identify(pack, vectors[0], rung, restrict_to=candidates)
         answer: dict[str, Any] = {"status": "not_found"}
         if decision.outcome == "match" and decision.shopper_id is not None:
             receipt = service.delete_shopper(

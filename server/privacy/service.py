@@ -94,6 +94,7 @@ def delete_shopper(
     shopper.email = ""
     shopper.phone = ""
     shopper.phone_last4_hash = ""
+    shopper.phone_hash = None
     for pack in sorted(packs):
         record_change(session, kind="remove_shopper", shopper_id=shopper_id, pack=pack)
     receipt = Deletion(

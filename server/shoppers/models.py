@@ -20,6 +20,9 @@ class Shopper(Base):
     # Keyed hash of the phone's last four digits: narrows the gallery at step-up without
     # keeping the digits in a searchable form.
     phone_last4_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # Keyed hash of the whole number (its last ten digits): the full-number step-up's 1:1
+    # look-up. Null only for rows enrolled before it existed, until the server fills it in.
+    phone_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     # active, suspended, deleted
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

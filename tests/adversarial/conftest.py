@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.unit.server.conftest import app, client, database_url, kiosk, postgres_server
+from tests.unit.server.conftest import (
+    FACE_ALONE_IN_SMALL_GALLERIES,
+    app,
+    client,
+    database_url,
+    kiosk,
+    postgres_server,
+)
 
 __all__ = ["app", "client", "database_url", "kiosk", "postgres_server"]
 
@@ -34,6 +41,7 @@ def app_config(tmp_path: Path, database_url: str, request: pytest.FixtureRequest
         "change_poll_s": 0.1,
         "currencies": "CAD,USD",
         "kiosk_rate_limit": "",  # on only where a test floods (test_request_floods)
+        **FACE_ALONE_IN_SMALL_GALLERIES,  # test_impostors.py sets the default targets back
         **(marker.kwargs if marker else {}),
     }
 

@@ -89,7 +89,12 @@ def test_moved_ciphertext_fails_to_open(
         client,
         kiosk,
         enrollment_payload(
-            kiosk, policy, face_vectors["p02"][:3], name="Jean Roy", email="j@example.com"
+            kiosk,
+            policy,
+            face_vectors["p02"][:3],
+            name="Jean Roy",
+            email="j@example.com",
+            phone="+1 514 555 0177",
         ),
     ).get_json()
     svc = app.extensions["facepay"]
@@ -126,9 +131,13 @@ def test_moved_ciphertext_fails_to_open(
             )
 
 
-def test_second_enrollment_of_the_same_face_is_refused(
+def test_a_second_enrollment_is_refused_by_claim_and_a_face_is_never_refused_with_a_hint(
     client: FlaskClient, kiosk: SigningKiosk, face_vectors: dict[str, list[np.ndarray]]
 ) -> None:
+    """The same email or phone is refused (409 already_enrolled, naming nobody). The same
+    face under other contact details is enrolled like anyone: refusing it would tell the
+    kiosk that this face is enrolled (test_step_up_ladder.py shows the notice the existing
+    account gets)."""
     policy = _policy(client)
     photos = face_vectors["p01"]
     assert _post(client, kiosk, enrollment_payload(kiosk, policy, photos[:3])).status_code == 201
@@ -141,11 +150,24 @@ def test_second_enrollment_of_the_same_face_is_refused(
     problem = again.get_json()
     assert again.mimetype == "application/problem+json" and problem["code"] == "already_enrolled"
     assert "Marie" not in again.get_data(as_text=True)
+    same_face = _post(
+        client,
+        kiosk,
+        enrollment_payload(
+            kiosk, policy, photos[-3:], name="Someone Else", email="x@example.com", phone="5550199"
+        ),
+    )
+    assert same_face.status_code == 201
     other = _post(
         client,
         kiosk,
         enrollment_payload(
-            kiosk, policy, face_vectors["p03"][:3], name="Luc B", email="l@example.com"
+            kiosk,
+            policy,
+            face_vectors["p03"][:3],
+            name="Luc B",
+            email="l@example.com",
+            phone="5550123",
         ),
     )
     assert other.status_code == 201
@@ -282,7 +304,9 @@ def test_no_template_or_score_in_the_audit_log(
     _post(
         client,
         kiosk,
-        enrollment_payload(kiosk, _policy(client), face_vectors["p01"][-3:], email="z@example.com"),
+        enrollment_payload(
+            kiosk, _policy(client), face_vectors["p01"][-3:], email="z@example.com", phone="5550199"
+        ),
     )
     with app.extensions["facepay"].sessions() as session:
         records = [json.loads(r.record) for r in session.scalars(select(AuditRecord))]

@@ -14,10 +14,16 @@ from server.config import ConfigError, load_settings
 
 
 def test_settings_from_environment() -> None:
-    settings = load_settings(environ={"FACEPAY_ENV": "production", "FACEPAY_TARGET_FPIR": "0.001"})
-    assert settings.is_production and settings.target_fpir == 0.001 and settings.liveness_required
+    settings = load_settings(
+        environ={"FACEPAY_ENV": "production", "FACEPAY_RISK_STRANGER": "0.001"}
+    )
+    assert settings.is_production and settings.risk_stranger == 0.001 and settings.liveness_required
     with pytest.raises(ConfigError):
-        load_settings(environ={"FACEPAY_TARGET_FPIR": "lots"})
+        load_settings(environ={"FACEPAY_RISK_STRANGER": "lots"})
+    with pytest.raises(ConfigError):
+        load_settings(environ={"FACEPAY_RISK_TARGETED": "2"})  # a share, at most 1
+    with pytest.raises(ConfigError):
+        load_settings(environ={"FACEPAY_STEP_UP_FAILURES_PER_DAY": "0"})
     with pytest.raises(ConfigError):
         load_settings(environ={"FACEPAY_ENV": "staging"})
 

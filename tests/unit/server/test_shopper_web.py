@@ -11,6 +11,7 @@ import logging
 import re
 import smtplib
 import stat
+import zlib
 from dataclasses import replace
 from email import policy as email_policy
 from pathlib import Path
@@ -49,8 +50,12 @@ def enroll_as(
     name: str = "Marie Tremblay",
     email_address: str = "marie@example.com",
 ) -> str:
+    """Enroll a synthetic shopper; each name gets a phone number of its own."""
     policy = client.get("/v1/policy").get_json()
-    payload = enrollment_payload(kiosk, policy, face.templates(), name=name, email=email_address)
+    phone = f"+1 514 555 {zlib.crc32(name.encode()) % 10_000:04d}"
+    payload = enrollment_payload(
+        kiosk, policy, face.templates(), name=name, email=email_address, phone=phone
+    )
     response = signed(client, kiosk, "POST", "/v1/enrollments", payload)
     assert response.status_code == 201, response.get_json()
     shopper_id: str = response.get_json()["shopper_id"]
@@ -150,8 +155,16 @@ def test_deletion_on_the_web_shreds_every_shopper_with_the_address(
     rng = np.random.default_rng(31)
     marie, marie_again, paul = SyntheticFace(rng), SyntheticFace(rng), SyntheticFace(rng)
     marie_id = enroll_as(client, kiosk, marie)
-    # The address is not unique: a second enrollment with it is covered by the same code.
-    second_id = enroll_as(client, kiosk, marie_again, name="Marie T")
+    # Two accounts with one address (enrolled before enrollment refused a claimed address):
+    # the same code covers both.
+    second_id = enroll_as(
+        client, kiosk, marie_again, name="Marie T", email_address="m2@example.com"
+    )
+    with app.extensions["facepay"].sessions() as session:
+        session.execute(
+            update(Shopper).where(Shopper.id == second_id).values(email="marie@example.com")
+        )
+        session.commit()
     paul_id = enroll_as(client, kiosk, paul, name="Paul Roy", email_address="paul@example.com")
     assert pay(client, kiosk, marie, 1_000).get_json()["status"] == "approved"
 

@@ -78,7 +78,13 @@ def face(client: FlaskClient, kiosk: SigningKiosk) -> SyntheticFace:
 def enrollment(client: FlaskClient, kiosk: SigningKiosk, seed: int) -> dict[str, Any]:
     policy = client.get("/v1/policy").get_json()
     newcomer = SyntheticFace(np.random.default_rng(seed))
-    return enrollment_payload(kiosk, policy, newcomer.templates(), email=f"n{seed}@example.com")
+    return enrollment_payload(
+        kiosk,
+        policy,
+        newcomer.templates(),
+        email=f"n{seed}@example.com",
+        phone=f"+1 514 555 {seed:04d}",
+    )
 
 
 def deletion(kiosk: SigningKiosk, face: SyntheticFace) -> dict[str, Any]:
