@@ -1,16 +1,22 @@
-"""Server gallery: cold start (read, unwrap, decrypt, index) and 1:N match latency.
+"""Server gallery: cold start (read, unwrap, decrypt, fuse, index) and 1:N match latency.
 
-Builds a real instance (SQLite database, SQLite key store, AES-GCM templates under per-shopper
-data keys) of random unit templates, 3 per shopper, then times `Gallery.load` and
-`GalleryIndex.search` on genuine probes (a template plus noise, cosine about 0.8 to it, as a
-second photo of the same person gives). Top-1 is checked against an exact numpy search.
+Shoppers are simulated faces (`bench/simulated.py`: the gallery simulator calibrated to the
+default pack), each enrolled from 3 frames of one visit, as enrollment stores them. The match
+latency table bulk-loads one fused row per shopper (`server.matching.index.fuse`, as the
+server keeps them) into `GalleryIndex` and times `search` on genuine probes (a new visit of an
+enrolled shopper), with `exhaustive_below` at the pack's base threshold, as the service searches
+at the face rung. Top-1 is checked against an exact numpy search.
 
-Setup writes the wrapped keys in batches (`SqliteKeyStore.put_many`); the timed read path is the
-server's. `--instance FOLDER` keeps the built instance (database, key store, master key) in
-FOLDER and reuses it on the next run; `--runs N` times the cold start N times, each in a fresh
-process as a server starts (minimum and median reported, with the load average when the script
-starts; each run's figures go to stderr). The database and key store files are in the OS file
-cache (just built or read).
+Cold start builds a real instance per size (SQLite database, SQLite key store, AES-GCM
+templates under per-shopper data keys, unique phone numbers), then times `Gallery.load`: read,
+unwrap, decrypt every template, fuse each shopper's into one row, index. Setup writes the
+wrapped keys in batches (`SqliteKeyStore.put_many`); the timed read path is the server's.
+`--instance FOLDER` keeps each built instance (database, key store, master key) in
+FOLDER/shoppers-N and reuses it on the next run; `--runs N` times the cold start N times per
+size, each in a fresh process as a server starts (minimum and median reported, with the load
+average when the script starts; each run's figures go to stderr). Several `--shoppers` sizes
+are timed in one run, so their ratio is measured under the same conditions. The database and
+key store files are in the OS file cache (just built or read).
 Prints a markdown section.
 """
 
@@ -26,16 +32,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Connection, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import simulated
 from bench.machine import describe
 from server import migrate
 from server.config import Settings, load_settings
@@ -51,31 +58,35 @@ from server.crypto import (
 from server.db import make_engine, make_session_factory
 from server.enrollment.models import Template
 from server.matching.index import GalleryIndex
-from server.matching.service import Gallery
+from server.matching.service import Gallery, known_packs
 from server.shoppers.models import Shopper
+from server.shoppers.service import national_number
 
 PACK = "dlib-resnet-v1@1"
-PER_SHOPPER = 3
-# Random 128-d unit templates: impostor scores ~ N(0, 0.088), the highest of a million about
-# 0.45; genuine probes score 0.8. This plays the pack's operating threshold on that data.
-OPERATING_THRESHOLD = 0.6
+PER_SHOPPER = simulated.FRAMES  # templates per shopper: the frames of one enrolment visit
+_BUILD_CHUNK = 100_000  # shoppers simulated at a time while building an instance
 
 
-def unit_rows(rng: np.random.Generator, count: int, dimension: int = 128) -> np.ndarray:
-    rows = rng.standard_normal((count, dimension), dtype=np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows
+def base_threshold() -> float:
+    """The pack's threshold at the default FMR (the face rung's lowest)."""
+    return known_packs()[PACK].calibration.threshold(Settings.match_fmr)
 
 
-def genuine_probes(
-    rng: np.random.Generator, sources: np.ndarray, cosine: float = 0.8
-) -> np.ndarray:
-    noise = unit_rows(rng, sources.shape[0], sources.shape[1])
-    noise -= (noise * sources).sum(axis=1, keepdims=True) * sources
-    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    probes: np.ndarray = cosine * sources + np.sqrt(1 - cosine**2) * noise
-    unit: np.ndarray = (probes / np.linalg.norm(probes, axis=1, keepdims=True)).astype(np.float32)
-    return unit
+def bench_phone(number: int) -> str:
+    """Shopper `number`'s phone number: unique (enrollment refuses a number in use), and its
+    last four digits shared by about one shopper in 10,000, as in a real population."""
+    if not 0 <= number < 10_000_000:
+        raise ValueError("the bench numbers phones up to 10 million shoppers")
+    digits = f"{number:07d}"
+    return f"+1 438 {digits[:3]} {digits[3:]}"
+
+
+class PhoneKeys(Protocol):
+    """The instance's keyed phone hashes (`server.keys.InstanceKeys`)."""
+
+    def phone_last4_hash(self, last4: str) -> str: ...
+
+    def phone_hash(self, number: str) -> str: ...
 
 
 @dataclass
@@ -89,34 +100,39 @@ class ShopperBatch:
 
 def shopper_batches(
     ids: list[str],
-    vectors: np.ndarray,
+    frames: np.ndarray,
     master: MasterKey,
     *,
-    phone_last4_hash: Callable[[str], str] | None = None,
+    keys: PhoneKeys | None = None,
+    first: int = 0,
     batch_templates: int = 30_000,
 ) -> Iterator[ShopperBatch]:
-    """Shoppers `ids`, `PER_SHOPPER` rows of `vectors` each (in order), as the server stores
-    them: a data key per shopper wrapped under `master`, templates sealed under it. Without
-    `phone_last4_hash` (the instance's phone key) the phone hash is a placeholder."""
+    """Shoppers `ids` (numbered from `first`: their phone is `bench_phone(first + i)`), with
+    the `PER_SHOPPER` enrolment frames `frames[i]` each, as the server stores them: a data
+    key per shopper wrapped under `master`, templates sealed under it, the phone's keyed
+    hashes. Without `keys` (no server reads this instance's phones) the hashes are left as
+    placeholders, and a server started on it would hash the numbers itself."""
     batch = ShopperBatch()
     for index, shopper_id in enumerate(ids):
         key = DataKey.generate()
         batch.wrapped_keys.append((shopper_id, wrap_data_key(master, key, shopper_id)))
-        phone = f"555{index:07d}"
+        phone = bench_phone(first + index)
+        number = national_number(phone)
         batch.shoppers.append(
             {
                 "id": shopper_id,
                 "full_name": "Bench Shopper",
                 "masked_label": "Bench S.",
-                "email": "b@example.com",
+                "email": f"bench{first + index}@example.com",
                 "phone": phone,
-                "phone_last4_hash": phone_last4_hash(phone[-4:]) if phone_last4_hash else "0" * 64,
+                "phone_last4_hash": keys.phone_last4_hash(number[-4:]) if keys else "0" * 64,
+                "phone_hash": keys.phone_hash(number) if keys else None,
                 "status": "active",
             }
         )
         for slot in range(PER_SHOPPER):
             template_id = str(uuid.uuid4())
-            row = vectors[index * PER_SHOPPER + slot]
+            row = frames[index, slot]
             batch.templates.append(
                 {
                     "id": template_id,
@@ -149,24 +165,29 @@ def _instance_settings(folder: Path) -> Settings:
 
 def build_instance(
     folder: Path, shoppers: int, rng: np.random.Generator
-) -> tuple[tuple[Settings, MasterKey, SqliteKeyStore], np.ndarray, list[str]]:
+) -> tuple[Settings, MasterKey, SqliteKeyStore]:
+    """An instance of `shoppers` simulated shoppers in `folder` (3 enrolment frames each)."""
     settings = _instance_settings(folder)
     engine = make_engine(settings.database)
     migrate.upgrade(engine)
     master = MasterKey.generate()
     store = SqliteKeyStore(folder / "keystore.sqlite3", create=True)
-    vectors = unit_rows(rng, shoppers * PER_SHOPPER)
-    ids = [str(uuid.uuid4()) for _ in range(shoppers)]
+    sim = simulated.simulator()
     started = time.perf_counter()
     with engine.begin() as connection:
-        for batch in shopper_batches(ids, vectors, master):
-            insert_batch(connection, store, batch)
+        for first in range(0, shoppers, _BUILD_CHUNK):
+            count = min(_BUILD_CHUNK, shoppers - first)
+            frames = simulated.enrolled(sim, count, rng).frames
+            assert frames is not None
+            ids = [str(uuid.uuid4()) for _ in range(count)]
+            for batch in shopper_batches(ids, frames, master, first=first):
+                insert_batch(connection, store, batch)
     print(
         f"<!-- setup: {shoppers} shoppers in {time.perf_counter() - started:.0f} s -->",
         file=sys.stderr,
     )
     engine.dispose()
-    return (settings, master, store), vectors, ids
+    return settings, master, store
 
 
 _MASTER_FILE = "bench-master.key"
@@ -181,7 +202,7 @@ def kept_instance(
         folder.mkdir(parents=True, exist_ok=True)
         if any(folder.iterdir()):
             raise SystemExit(f"{folder} is neither empty nor a kept bench instance")
-        (settings, master, store), _vectors, _ids = build_instance(folder, shoppers, rng)
+        settings, master, store = build_instance(folder, shoppers, rng)
         master.save(master_file)  # last: a folder with the key file is complete
         return settings, master, store
     settings = _instance_settings(folder)
@@ -242,76 +263,93 @@ def time_cold_start_in_new_process(folder: Path, shoppers: int) -> tuple[float, 
 
 def search_latency(
     index: GalleryIndex,
-    vectors: np.ndarray,
-    owners: np.ndarray,
-    ids: list[str],
+    gallery: simulated.Enrolled,
     probes_count: int,
     rng: np.random.Generator,
-) -> tuple[list[float], int, int]:
-    picks = rng.choice(vectors.shape[0], size=probes_count, replace=False)
-    probes = genuine_probes(rng, vectors[picks])
+) -> tuple[list[float], int, int, int]:
+    """Latency of `probes_count` genuine searches (a new visit each), how many found the
+    exact search's top-1, and how many of those were the probe's own shopper."""
+    sim = simulated.simulator()
+    threshold = base_threshold()
+    picks = rng.choice(gallery.fused.shape[0], size=probes_count, replace=False)
+    probes = simulated.probes(sim, gallery.centres[picks], rng)
     for probe in probes[:10]:
         index.search(probe, k=2)
-    samples, agree = [], 0
-    for probe in probes:
+    samples, agree, own = [], 0, 0
+    for probe, shopper in zip(probes, picks, strict=True):
         start = time.perf_counter()
-        found = index.search(probe, k=2, exhaustive_below=OPERATING_THRESHOLD)
+        found = index.search(probe, k=2, exhaustive_below=threshold)
         samples.append((time.perf_counter() - start) * 1000)
-        exact = ids[int(owners[int(np.argmax(vectors @ probe))])]
-        agree += int(bool(found) and found[0].shopper_id == exact)
-    return samples, agree, len(probes)
+        exact = int(np.argmax(gallery.fused @ probe))
+        agree += int(bool(found) and found[0].shopper_id == f"s{exact}")
+        own += int(exact == shopper)
+    return samples, agree, own, len(probes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--shoppers", type=int, default=333_334, help="cold start size (x3 templates)"
+        "--shoppers",
+        default="333334,1000000",
+        help="cold start sizes in shoppers, x3 templates each (comma-separated: each is timed "
+        "in turn, so their ratio is measured in the same run)",
     )
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument(
         "--sizes",
         default="10000,100000,1000000",
-        help="template counts for match latency (empty: cold start only)",
+        help="shoppers (one fused row each) for match latency (empty: cold start only)",
     )
     parser.add_argument(
-        "--instance", type=Path, help="keep the cold start instance in this folder and reuse it"
+        "--instance",
+        type=Path,
+        help="keep the cold start instances in this folder (shoppers-N) and reuse them",
     )
-    parser.add_argument("--runs", type=int, default=5, help="cold starts to time")
-    args = parser.parse_args()
+    parser.add_argument("--runs", type=int, default=5, help="cold starts to time per size")
+    args, _ = parser.parse_known_args()  # run_all.py passes every script the same arguments
     load = os.getloadavg()  # before this script's own work
     rng = np.random.default_rng(2026)
+    cold_sizes = [int(s) for s in args.shoppers.split(",") if s]
 
     lines = ["## Server gallery (`bench/bench_gallery.py`)", "", f"Machine: {describe()}.", ""]
     lines += [
-        "| templates (128-d) | match median ms | match p95 ms | top-1 = exact search |",
-        "| --- | --- | --- | --- |",
+        f"Shoppers: {simulated.describe()}; 3 enrolment frames of one visit per shopper, fused "
+        "into one row as the server keeps them; probes: a new visit of an enrolled shopper, "
+        f"searched with `exhaustive_below` at the pack's base threshold ({base_threshold()}), as "
+        "the service searches at the face rung.",
+        "",
+        "| shoppers (fused rows, 128-d) | match median ms | match p95 ms | top-1 = exact search "
+        "| exact top-1 = the shopper |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    sim = simulated.simulator()
     for size in (int(s) for s in args.sizes.split(",") if s):
-        vectors = unit_rows(rng, size)
-        owners = np.arange(size) // PER_SHOPPER
-        ids = [f"s{i}" for i in range(int(owners[-1]) + 1)]
-        index = GalleryIndex(128)
-        index.bulk_load(ids, vectors, owners)
-        samples, agree, total = search_latency(index, vectors, owners, ids, args.probes, rng)
+        gallery = simulated.enrolled(sim, size, rng, keep_frames=False)
+        index = GalleryIndex(gallery.fused.shape[1])
+        index.bulk_load([f"s{i}" for i in range(size)], gallery.fused, np.arange(size))
+        samples, agree, own, total = search_latency(index, gallery, args.probes, rng)
+        p95 = sorted(samples)[int(0.95 * len(samples)) - 1]
         lines.append(
-            f"| {size:,} | {statistics.median(samples):.2f} | {sorted(samples)[int(0.95 * len(samples)) - 1]:.2f} | {agree} of {total} |"
+            f"| {size:,} | {statistics.median(samples):.2f} | {p95:.2f} | {agree} of {total} "
+            f"| {own} of {total} |"
         )
-        del vectors, index
+        del gallery, index
 
+    runs: dict[int, list[tuple[float, float, float]]] = {size: [] for size in cold_sizes}
     with tempfile.TemporaryDirectory() as scratch:
-        folder = args.instance or Path(scratch)
-        kept_instance(folder, args.shoppers, rng)
-        runs = []
-        for _ in range(args.runs):
-            runs.append(time_cold_start_in_new_process(folder, args.shoppers))
-            print(
-                f"<!-- cold start: searchable {runs[-1][0]:.2f} s, quantised {runs[-1][1]:.2f} s, "
-                f"CPU {runs[-1][2]:.1f} s; load average now {os.getloadavg()[0]:.2f} -->",
-                file=sys.stderr,
-            )
-    servable = [run[0] for run in runs]
-    indexed = [run[1] for run in runs]
-    cpu = statistics.median(run[2] for run in runs)
+        root = args.instance or Path(scratch)
+        folders = {size: root / f"shoppers-{size}" for size in cold_sizes}
+        for size, folder in folders.items():
+            kept_instance(folder, size, rng)
+        for _ in range(args.runs):  # sizes in turn, so that each sees the same conditions
+            for size, folder in folders.items():
+                runs[size].append(time_cold_start_in_new_process(folder, size))
+                print(
+                    f"<!-- cold start {size}: searchable {runs[size][-1][0]:.2f} s, "
+                    f"quantised {runs[size][-1][1]:.2f} s, CPU {runs[size][-1][2]:.1f} s; "
+                    f"load average now {os.getloadavg()[0]:.2f} -->",
+                    file=sys.stderr,
+                )
 
     def figure(values: list[float]) -> str:
         if len(values) == 1:
@@ -319,18 +357,39 @@ def main() -> None:
         return f"**{min(values):.1f} s** (median {statistics.median(values):.1f} s)"
 
     runs_note = (
-        f"minimum (median) of {len(runs)} runs, each a fresh process"
-        if len(runs) > 1
-        else "one run"
+        f"minimum (median) of {args.runs} runs per size, each a fresh process, the sizes in turn"
+        if args.runs > 1
+        else "one run per size"
     ) + ", the database and key store files in the OS file cache"
     lines += [
         "",
-        f"Cold start: {args.shoppers * PER_SHOPPER:,} templates of {args.shoppers:,} shoppers read from SQLite, "
-        f"{args.shoppers:,} data keys read from the SQLite key store and unwrapped, every template decrypted "
-        f"(AES-256-GCM) and indexed: searchable after {figure(servable)} (target ≤ 10 s), with the "
-        f"quantised shortlist built in the background by {figure(indexed)} (searches are exhaustive, "
-        f"so exact, until then); {runs_note}; {cpu:.1f} s of CPU (median) for the whole process "
-        f"with its workers and the background build; load average when the script started "
+        "Cold start: the shoppers' templates read from SQLite, their data keys read "
+        "from the SQLite key store and unwrapped, every template decrypted (AES-256-GCM), "
+        "each shopper's fused into one row, and indexed (target: searchable within 10 s):",
+        "",
+    ]
+    for size in cold_sizes:
+        servable = [run[0] for run in runs[size]]
+        indexed = [run[1] for run in runs[size]]
+        cpu = statistics.median(run[2] for run in runs[size])
+        lines.append(
+            f"- {size:,} shoppers ({size * PER_SHOPPER:,} templates): searchable after "
+            f"{figure(servable)}, with the quantised shortlist built in the background by "
+            f"{figure(indexed)} (searches are exhaustive, so exact, until then); {cpu:.1f} s "
+            "of CPU (median) for the whole process with its workers and the background build."
+        )
+    if len(cold_sizes) > 1:
+        small, large = cold_sizes[0], cold_sizes[-1]
+        ratio = statistics.median(r[0] for r in runs[large]) / statistics.median(
+            r[0] for r in runs[small]
+        )
+        lines.append(
+            f"- {large:,} shoppers over {small:,} in this run (medians): searchable "
+            f"{ratio:.2f}x as long, for {large / small:.2f}x the shoppers."
+        )
+    lines += [
+        "",
+        f"{runs_note[0].upper()}{runs_note[1:]}; load average when the script started "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "",
     ]

@@ -84,17 +84,29 @@ def render_figures(category: str, attack: str, figures: dict[str, Any]) -> str:
     """A test's recorded figures (measured, never asserted) as a paragraph under the table."""
     if "requests" in figures and "kinds" in figures:  # tests/adversarial/test_load.py
         kinds = "; ".join(
-            f"{kind} {k['requests']:,} (p50 {k['p50_ms']} ms, p99 {k['p99_ms']} ms)"
+            f"{kind} {k.get('cases', k.get('requests', 0)):,} (p50 {k['p50_ms']} ms, "
+            f"p99 {k['p99_ms']} ms)"
             for kind, k in figures["kinds"].items()
         )
+        step_up = ""
+        if "step_up_asked" in figures:
+            asked = ", ".join(
+                f"{rung} {count:,}" for rung, count in figures["step_up_asked"].items()
+            )
+            step_up = (
+                f" Honest payments approved: {figures['honest_payments_approved']:,} of "
+                f"{figures['honest_payments']:,}; step-up asked: {asked}."
+            )
+        cases = f"{figures['cases']:,} cases, " if "cases" in figures else ""
         return (
-            f"{category}: {figures['requests']:,} requests in {figures['seconds']} s "
-            f"({figures['per_second']}/s; p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms) "
-            f"against gunicorn ({figures['gunicorn_workers']} workers) and "
-            f"{figures['database']} with {figures['shoppers']:,} enrolled shoppers, from "
-            f"{figures['kiosks']} kiosks (rate limit {figures['kiosk_rate_limit']} per kiosk and "
-            f"process): {kinds}. Unexpected answers: {figures['unexpected']}. Seeding took "
-            f"{figures['seed_s']} s, starting gunicorn {figures['start_s']} s."
+            f"{category}: {cases}{figures['requests']:,} requests in {figures['seconds']} s "
+            f"({figures['per_second']} requests/s; p50 {figures['p50_ms']} ms, p99 "
+            f"{figures['p99_ms']} ms a case) against gunicorn ({figures['gunicorn_workers']} "
+            f"workers) and {figures['database']} with {figures['shoppers']:,} enrolled shoppers "
+            f"(simulated faces), from {figures['kiosks']} kiosks (rate limit "
+            f"{figures['kiosk_rate_limit']} per kiosk and process): {kinds}. Unexpected answers: "
+            f"{figures['unexpected']}.{step_up} Seeding took {figures['seed_s']} s, starting "
+            f"gunicorn {figures['start_s']} s."
         )
     described = "; ".join(
         f"{name.replace('_', ' ')}: {_value(value)}" for name, value in figures.items()

@@ -1,12 +1,22 @@
 """Load.
 
 A load generator in another process drives a mix of enrollments, payments and deletions
-against the production server (gunicorn, two workers) and PostgreSQL on loopback, for a
-bounded time, with a gallery of shoppers enrolled by bulk insert (as `bench/bench_payments.py`
-builds it). Every request is a case: handled when it gets its expected answer (no 5xx, no
-transport error) and, for an approved payment, exactly one charge in the books. Then
-`facepay server ledger check` and `facepay server audit verify` must pass. The figures
-(requests per kind, rate, p50/p99) are recorded with the tally, never asserted.
+against the production server (gunicorn, two workers, default risk settings) on loopback, on
+SQLite and on PostgreSQL, for a bounded time, with a gallery of shoppers enrolled by bulk insert (as
+`bench/bench_payments.py` builds it). Faces are simulated (`bench/simulated.py`, calibrated to
+the default pack): the bulk shoppers and the newcomers the load enrolls (3 frames of one
+visit), and every probe a new visit. A payment follows the step-up the server asks for (at
+this gallery size, every face): the payment, then the step-up with the whole phone number or
+its last four digits, as `step_up_ask` says; a deletion sends the whole phone number.
+
+Every payment, enrollment and deletion is a case: handled when each of its requests gets an
+expected answer (no 5xx, no transport error) and, for an approved payment, exactly one charge
+in the books. A new capture of an honest shopper's face can score below the rung's threshold
+(the risk rule computes about 1 % at this size): that payment ends not matched, or that
+deletion not found, with no charge; a case, then, for the share of honest payments approved
+and of deletions done, each at least `MIN_HONEST`. Then `facepay server ledger check` and
+`facepay server audit verify` must pass. The figures (requests per kind, rate, p50/p99, the
+rungs asked) are recorded with the tally, never asserted.
 
 CI: 10,000 shoppers, 40 s of load. Long (FACEPAY_RELIABILITY_LONG=1): 100,000 shoppers,
 three minutes.
@@ -30,14 +40,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.bench_gallery import genuine_probes
-from bench.bench_payments import Instance, seed_instance, server_settings, target_fpir
+from bench import simulated
+from bench.payments_instance import Instance, KioskKeys, seed_instance, server_settings
 from tests.adversarial.conftest import LONG, Tally
 from tests.adversarial.test_faults import Books, final_checks
 from tests.support.kiosk import SigningKiosk, enrollment_payload
-from tests.support.payments import SyntheticFace, new_key, payment_payload
+from tests.support.payments import new_key, payment_payload
 from tests.support.processes import Gunicorn, free_port, http
 
 SHOPPERS = 100_000 if LONG else 10_000
@@ -49,34 +58,20 @@ SETTLED_S = 5.0  # a new shopper is paid with or deleted only this long after en
 # (30/second;600/minute) because these kiosks send without pause; flooding is tested apart
 # (test_hostile_kiosks.py).
 KIOSK_RATE_LIMIT = "100/second;6000/minute"
+# Honest payments approved and deletions done, at least: the risk rule computes that about 99 %
+# of new captures pass the rung's threshold at this size; far fewer means a fault, not chance.
+MIN_HONEST = 0.95
 
 
 # ---------------------------------------------------------------- the generator (its own process)
 
 
 @dataclass(frozen=True)
-class Kiosk:
-    """A paired kiosk as it travels to the generator process: id and raw keys."""
-
-    kiosk_id: str
-    private_key: bytes
-    server_public_key: bytes
-
-    @classmethod
-    def of(cls, kiosk: SigningKiosk) -> Kiosk:
-        return cls(kiosk.kiosk_id, kiosk.private_key.private_bytes_raw(), kiosk.server_public_key)
-
-    def signing(self) -> SigningKiosk:
-        private = Ed25519PrivateKey.from_private_bytes(self.private_key)
-        return SigningKiosk(self.kiosk_id, private, self.server_public_key)
-
-
-@dataclass(frozen=True)
 class Job:
     port: int
     seconds: float
-    kiosks: list[Kiosk]
-    vectors: str  # .npy file: the bulk shoppers' templates, three rows each
+    kiosks: list[KioskKeys]
+    centres: str  # .npy file: the bulk shoppers' identity centres, shopper i in row i
     policy: dict[str, Any]
     seed: int
 
@@ -84,28 +79,31 @@ class Job:
 @dataclass(frozen=True)
 class Outcome:
     kind: str
-    status: int  # 0: no answer
-    milliseconds: float
-    expected: bool
-    payment_id: str | None
+    status: int  # the last request's; 0: no answer
+    milliseconds: float  # every request of the case
+    requests: int
+    expected: bool  # every answer one the case may get
+    done: bool  # approved (a payment), deleted (a deletion), enrolled
+    payment_id: str | None  # an approved payment's
+    asked: str  # the step-up rung a payment's first answer asked for ("" if none)
     detail: str
 
 
-@dataclass
+@dataclass(eq=False)  # one shopper is one object (and arrays do not compare as ==)
 class Newcomer:
-    face: SyntheticFace
-    last4: str
+    centre: np.ndarray  # the simulated face: each capture is a new visit of it
+    phone: str
     enrolled_at: float
 
 
 def generate(job: Job) -> list[Outcome]:
     """Runs in the generator process: one closed-loop thread per kiosk until `job.seconds`."""
-    vectors = np.load(job.vectors, mmap_mode="r")
+    centres = np.load(job.centres, mmap_mode="r")
     deadline = time.monotonic() + job.seconds
     outcomes: list[list[Outcome]] = [[] for _ in job.kiosks]
     threads = [
         threading.Thread(
-            target=_drive_or_say_why, args=(job, kiosk, number, vectors, deadline, outcomes[number])
+            target=_drive_or_say_why, args=(job, kiosk, number, centres, deadline, outcomes[number])
         )
         for number, kiosk in enumerate(job.kiosks)
     ]
@@ -118,120 +116,170 @@ def generate(job: Job) -> list[Outcome]:
 
 def _drive_or_say_why(
     job: Job,
-    saved: Kiosk,
+    saved: KioskKeys,
     number: int,
-    vectors: np.ndarray,
+    centres: np.ndarray,
     deadline: float,
     out: list[Outcome],
 ) -> None:
     """`_drive`; a fault in the generator itself is an outcome too (never a silent stop)."""
     try:
-        _drive(job, saved, number, vectors, deadline, out)
+        _drive(job, saved, number, centres, deadline, out)
     except Exception:
-        out.append(Outcome("generator", 0, 0.0, False, None, traceback.format_exc()[-600:]))
+        detail = traceback.format_exc()[-600:]
+        out.append(Outcome("generator", 0, 0.0, 0, False, False, None, "", detail))
+
+
+class _Client:
+    """One kiosk's persistent connection: signed requests, answers as (status, document)."""
+
+    def __init__(self, kiosk: SigningKiosk, port: int) -> None:
+        self.kiosk, self.port = kiosk, port
+        self.connection = HTTPConnection("127.0.0.1", port, timeout=60)
+        self.requests = 0
+
+    def send(self, path: str, payload: dict[str, Any], key: str | None) -> tuple[int, Any]:
+        body = json.dumps(payload).encode()
+        headers = self.kiosk.headers("POST", path, body)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        self.requests += 1
+        try:
+            self.connection.request("POST", path, body, headers)
+            response = self.connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        except (OSError, HTTPException, ValueError) as exc:
+            self.connection.close()
+            self.connection = HTTPConnection("127.0.0.1", self.port, timeout=60)
+            return 0, f"{type(exc).__name__}: {exc}"
+
+    def pay(self, probe: np.ndarray, amount: int, phone: str) -> tuple[int, dict[str, Any], str]:
+        """A payment and, when asked, its step-up answered from `phone` (the whole number or
+        its last four digits, what `step_up_ask` names): (last status, last answer, asked)."""
+        status, answer = self.send(
+            "/v1/payments", payment_payload(self.kiosk, probe, amount), new_key()
+        )
+        document = answer if isinstance(answer, dict) else {"error": answer}
+        if status != 201 or document.get("status") != "step_up_required":
+            return status, document, ""
+        asked = str(document.get("step_up_ask"))
+        digits = "".join(c for c in phone if c.isdigit())
+        reply = {"phone": phone} if asked == "phone" else {"phone_last4": digits[-4:]}
+        status, answer = self.send(
+            f"/v1/payments/{document['payment_id']}/step-up",
+            {"challenge_id": document["challenge_id"], **reply},
+            new_key(),
+        )
+        return status, answer if isinstance(answer, dict) else {"error": answer}, asked
+
+
+def _not_matched(status: int, answer: dict[str, Any]) -> bool:
+    """A step-up answered "not matched": the face below the rung's threshold, no charge."""
+    return status == 200 and (
+        answer.get("status") == "step_up_required" or answer.get("decline_code") == "step_up_failed"
+    )
 
 
 def _drive(
     job: Job,
-    saved: Kiosk,
+    saved: KioskKeys,
     number: int,
-    vectors: np.ndarray,
+    centres: np.ndarray,
     deadline: float,
     out: list[Outcome],
 ) -> None:
-    kiosk = saved.signing()
+    client = _Client(saved.signing(), job.port)
+    kiosk = client.kiosk
+    sim = simulated.simulator()
     rng = np.random.default_rng(job.seed + number)
     pick = random.Random(job.seed + number)
-    connection = HTTPConnection("127.0.0.1", job.port, timeout=60)
     newcomers: list[Newcomer] = []
-    leavers: list[SyntheticFace] = []
+    leavers: list[Newcomer] = []
     serial = 0
-
-    def send(kind: str, path: str, payload: dict[str, Any], key: str | None) -> tuple[int, Any]:
-        nonlocal connection
-        body = json.dumps(payload).encode()
-        headers = kiosk.headers("POST", path, body)
-        if key is not None:
-            headers["Idempotency-Key"] = key
-        try:
-            connection.request("POST", path, body, headers)
-            response = connection.getresponse()
-            return response.status, json.loads(response.read() or b"null")
-        except (OSError, HTTPException, ValueError) as exc:
-            connection.close()
-            connection = HTTPConnection("127.0.0.1", job.port, timeout=60)
-            return 0, f"{type(exc).__name__}: {exc}"
 
     while time.monotonic() < deadline:
         now = time.monotonic()
         settled = [n for n in newcomers if now - n.enrolled_at >= SETTLED_S]
         roll = pick.random()
+        before = client.requests
+        started = time.perf_counter()
+        asked = ""
         if roll < 0.10:
             serial += 1
-            face = SyntheticFace(rng)
-            last4 = f"{(number * 1_000 + serial) % 10_000:04d}"
-            kind, expected = "enrollment", (201, None)
+            kind = "enrollment"
+            centre = sim.identities(1, rng)
+            frames = sim.captures(centre, rng, frames=simulated.FRAMES)[0]
+            # Unique per kiosk thread and serial (bulk shoppers' numbers start +1 438).
+            phone = f"+1 514 9{number:02d} {serial % 10_000:04d}"
             payload = enrollment_payload(
                 kiosk,
                 job.policy,
-                face.templates(),
+                list(frames),
                 name=f"Load Shopper {number}-{serial}",
                 email=f"load{number}-{serial}@example.com",
-                phone=f"+1 514 555 {last4}",
+                phone=phone,
                 wallet=100_000,
             )
-            started = time.perf_counter()
-            status, answer = send(kind, "/v1/enrollments", payload, None)
-            if status == 201:
-                newcomers.append(Newcomer(face, last4, time.monotonic()))
+            status, answer = client.send("/v1/enrollments", payload, None)
+            document = answer if isinstance(answer, dict) else {"error": answer}
+            ok = done = status == 201
+            if ok:
+                newcomers.append(Newcomer(centre[0], phone, time.monotonic()))
         elif roll < 0.20 and settled:
-            kind, expected = "payment (new shopper)", (201, "approved")
+            kind = "payment (new shopper)"
             newcomer = pick.choice(settled)
-            payload = payment_payload(kiosk, newcomer.face.sample(), pick.randint(100, 999))
-            started = time.perf_counter()
-            status, answer = send(kind, "/v1/payments", payload, new_key())
+            probe = sim.probes(newcomer.centre[None, :], rng)[0]
+            status, document, asked = client.pay(probe, pick.randint(100, 999), newcomer.phone)
+            done = status in (200, 201) and document.get("status") == "approved"
+            ok = done or _not_matched(status, document)
         elif roll < 0.27 and settled:
-            kind, expected = "deletion", (200, "deleted")
+            kind = "deletion"
             newcomer = pick.choice(settled)
             payload = {
-                "probe": kiosk.seal(newcomer.face.sample(), purpose="delete"),
-                "phone_last4": newcomer.last4,
+                "probe": kiosk.seal(sim.probes(newcomer.centre[None, :], rng)[0], purpose="delete"),
+                "phone": newcomer.phone,
             }
-            started = time.perf_counter()
-            status, answer = send(kind, "/v1/deletions", payload, new_key())
-            if status == 200:
+            status, answer = client.send("/v1/deletions", payload, new_key())
+            document = answer if isinstance(answer, dict) else {"error": answer}
+            done = status == 200 and document.get("status") == "deleted"
+            ok = done or (status == 200 and document.get("status") == "not_found")
+            if done:
                 newcomers.remove(newcomer)
-                leavers.append(newcomer.face)
+                leavers.append(newcomer)
         elif roll < 0.30 and leavers:
-            kind, expected = "payment (deleted face)", (201, "declined")
-            face = pick.choice(leavers)
-            payload = payment_payload(kiosk, face.sample(), pick.randint(100, 999))
-            started = time.perf_counter()
-            status, answer = send(kind, "/v1/payments", payload, new_key())
+            kind = "payment (deleted face)"
+            leaver = pick.choice(leavers)
+            probe = sim.probes(leaver.centre[None, :], rng)[0]
+            status, document, asked = client.pay(probe, pick.randint(100, 999), leaver.phone)
+            done = False
+            # Step-up with the deleted number finds nobody; a face alone finds nobody either.
+            ok = _not_matched(status, document) or (
+                status == 201 and document.get("decline_code") == "no_match"
+            )
         else:
-            kind, expected = "payment", (201, "approved")
-            row = pick.randrange(vectors.shape[0])
-            probe = genuine_probes(rng, np.asarray(vectors[row : row + 1]), cosine=0.99)[0]
-            payload = payment_payload(kiosk, probe, pick.randint(100, 9_999))
-            started = time.perf_counter()
-            status, answer = send(kind, "/v1/payments", payload, new_key())
+            kind = "payment"
+            shopper = pick.randrange(centres.shape[0])
+            probe = sim.probes(np.asarray(centres[shopper : shopper + 1]), rng)[0]
+            phone = Instance.phone(shopper)
+            status, document, asked = client.pay(probe, pick.randint(100, 9_999), phone)
+            done = status in (200, 201) and document.get("status") == "approved"
+            ok = done or _not_matched(status, document)
         milliseconds = (time.perf_counter() - started) * 1000
-        document = answer if isinstance(answer, dict) else {}
-        got = document.get("status")
-        ok = status == expected[0] and (expected[1] is None or got == expected[1])
-        if kind == "payment (deleted face)":
-            ok = ok and document.get("decline_code") == "no_match"
+        approved = kind.startswith("payment") and done
         out.append(
             Outcome(
                 kind,
                 status,
                 milliseconds,
+                client.requests - before,
                 ok,
-                document.get("payment_id") if got == "approved" else None,
-                "" if ok else f"{status} {str(answer)[:200]}",
+                done,
+                document.get("payment_id") if approved else None,
+                asked,
+                "" if ok else f"{status} {str(document)[:200]}",
             )
         )
-    connection.close()
+    client.connection.close()
 
 
 # ---------------------------------------------------------------- the server under load
@@ -247,15 +295,11 @@ class Loaded:
 
 @pytest.fixture
 def loaded(tmp_path: Path, database_url: str) -> Iterator[Loaded]:
-    """PostgreSQL with SHOPPERS bulk-enrolled shoppers and CONNECTIONS paired kiosks, and
+    """The database with SHOPPERS bulk-enrolled shoppers and CONNECTIONS paired kiosks, and
     gunicorn serving it (every worker's gallery loaded)."""
-    settings = server_settings(tmp_path / "instance", database_url, SHOPPERS)
-    # The target false-positive identification risk, with room for the shoppers the load
-    # enrolls: at the bench's (exactly this gallery's risk) every face would ask for step-up
-    # once enrollments outnumber deletions.
-    settings["target_fpir"] = repr(target_fpir(2 * SHOPPERS))
+    settings = server_settings(tmp_path / "instance", database_url)
     instance = seed_instance(
-        "PostgreSQL", settings, SHOPPERS, CONNECTIONS, np.random.default_rng(2026)
+        _database_name(database_url), settings, SHOPPERS, CONNECTIONS, np.random.default_rng(2026)
     )
     env = {**instance.environment, "FACEPAY_KIOSK_RATE_LIMIT": KIOSK_RATE_LIMIT}
     server = Gunicorn(
@@ -291,18 +335,21 @@ def _percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1) if values else 0.0
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def _database_name(database_url: str) -> str:
+    return "SQLite" if database_url.startswith("sqlite") else "PostgreSQL"
+
+
 def test_load(loaded: Loaded, database_url: str, tmp_path: Path, tally: Tally) -> None:
-    """Enrollments, payments and deletions from a load generator, on gunicorn and PostgreSQL."""
+    """Enrollments, payments with step-up and deletions from a load generator, on gunicorn."""
     instance = loaded.instance
-    vectors = tmp_path / "vectors.npy"
-    np.save(vectors, instance.vectors)
+    centres = tmp_path / "centres.npy"
+    np.save(centres, instance.centres)
     _, policy = http("GET", f"{loaded.server.url}/v1/policy")
     job = Job(
         port=loaded.server.port,
         seconds=SECONDS,
-        kiosks=[Kiosk.of(kiosk) for kiosk in instance.kiosks],
-        vectors=str(vectors),
+        kiosks=[KioskKeys.of(kiosk) for kiosk in instance.kiosks],
+        centres=str(centres),
         policy=policy,
         seed=7,
     )
@@ -324,28 +371,42 @@ def test_load(loaded: Loaded, database_url: str, tmp_path: Path, tally: Tally) -
         sum(books.charges.values()) == approved,
         f"{sum(books.charges.values())} charges for {approved} approved payments",
     )
+    for what, kinds in (
+        ("honest payments approved", ("payment", "payment (new shopper)")),
+        ("deletions done", ("deletion",)),
+    ):
+        cases = [o for o in outcomes if o.kind in kinds and o.expected]
+        share = sum(o.done for o in cases) / len(cases) if cases else 1.0
+        tally.case(share >= MIN_HONEST, f"{what}: {share:.3f} of {len(cases)}")
     final_checks(tally, instance.environment)
 
     by_kind: dict[str, list[float]] = {}
     for outcome in outcomes:
         by_kind.setdefault(outcome.kind, []).append(outcome.milliseconds)
     everything = [outcome.milliseconds for outcome in outcomes]
+    requests = sum(outcome.requests for outcome in outcomes)
+    honest = [o for o in outcomes if o.kind in ("payment", "payment (new shopper)")]
     tally.figures = {
-        "database": "PostgreSQL",
+        "database": _database_name(database_url),
         "shoppers": SHOPPERS,
         "gunicorn_workers": WORKERS,
         "kiosks": CONNECTIONS,
         "kiosk_rate_limit": KIOSK_RATE_LIMIT,
         "seconds": round(elapsed, 1),
-        "requests": len(outcomes),
-        "per_second": round(len(outcomes) / elapsed, 1),
+        "cases": len(outcomes),
+        "requests": requests,
+        "per_second": round(requests / elapsed, 1),
+        "cases_per_second": round(len(outcomes) / elapsed, 1),
         "p50_ms": _percentile(everything, 50),
         "p99_ms": _percentile(everything, 99),
         "unexpected": sum(1 for outcome in outcomes if not outcome.expected),
+        "honest_payments_approved": sum(o.done for o in honest),
+        "honest_payments": len(honest),
+        "step_up_asked": dict(Counter(o.asked or "none" for o in honest)),
         "statuses": dict(Counter(str(outcome.status) for outcome in outcomes)),
         "kinds": {
             kind: {
-                "requests": len(values),
+                "cases": len(values),
                 "p50_ms": _percentile(values, 50),
                 "p99_ms": _percentile(values, 99),
             }
