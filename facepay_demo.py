@@ -3,9 +3,10 @@
 It builds the default model pack, starts a server (SQLite, development keys, a temporary
 instance folder), registers a kiosk, and plays a day at the till with real faces: the people
 of insightface's bundled group photo, each cropped out as a separate shopper. Three enroll with
-consent; each pays and the right wallet is charged; a fourth, never enrolled, is declined; a
-large amount asks for the phone's last four digits; one shopper deletes their face data and
-is declined afterwards; the ledger and the audit chain verify. The frames of each person are
+consent; each pays and the right wallet is charged (every payment asks for the phone's last
+four digits: no gallery is small enough for a face alone at the default risk targets); a
+fourth, never enrolled, types the first shopper's digits and is not charged; one shopper
+deletes their face data and is not charged afterwards; the ledger and the audit chain verify. The frames of each person are
 the crop moved, scaled and lit a little differently, as a camera would see them.
 """
 
@@ -39,6 +40,9 @@ PEOPLE = [
     ("Sam Nguyen", "+1 514 555 0404"),
 ]
 WALLET = "200.00"
+# A face that fails the step-up is declined, or the till offers another way to pay (the
+# command-line till gives one answer, not three): either way nobody is charged.
+NOT_CHARGED = ("declined", "other_way")
 
 
 @dataclass
@@ -266,12 +270,20 @@ def play(workdir: Path, env: dict[str, str], url: str, steps: list[Step]) -> Non
         )
         record(name, f"pay {money(amount)}", result, ("approved",))
 
-    stranger, stranger_phone = PEOPLE[-1]
+    # A stranger types an enrolled shopper's digits: the face is judged among the shoppers
+    # they name and fails; the till offers another way to pay, and nobody is charged.
+    stranger, _ = PEOPLE[-1]
+    victim_phone = PEOPLE[0][1]
     folder = write_views(workdir / "pay-stranger", camera_views(crops[len(shoppers)], 3, rng))
     result = till.run(
-        folder, lambda flow: flow.start_payment(500, "CAD"), phone_last4=stranger_phone[-4:]
+        folder, lambda flow: flow.start_payment(500, "CAD"), phone_last4=victim_phone[-4:]
     )
-    record(f"{stranger} (not enrolled)", "pay $5.00", result, ("declined",))
+    record(
+        f"{stranger} (not enrolled)",
+        "pay $5.00 with Marie's digits",
+        result,
+        NOT_CHARGED,
+    )
 
     name, phone = PEOPLE[0]
     folder = write_views(workdir / "pay-large", camera_views(crops[0], 3, rng))
@@ -292,7 +304,7 @@ def play(workdir: Path, env: dict[str, str], url: str, steps: list[Step]) -> Non
     record(name, "delete my face data", result, ("deleted",))
     folder = write_views(workdir / "pay-after-delete", camera_views(crops[1], 3, rng))
     result = till.run(folder, lambda flow: flow.start_payment(300, "CAD"), phone_last4=phone[-4:])
-    record(name, "pay $3.00 after deleting", result, ("declined",))
+    record(name, "pay $3.00 after deleting", result, NOT_CHARGED)
 
 
 def checks(env: dict[str, str], steps: list[Step]) -> None:

@@ -50,7 +50,7 @@ def store(tmp_path: Path, database_url: str) -> Iterator[Store]:
     env["FACEPAY_IDEMPOTENCY_LEASE_S"] = "1"  # a crashed request's key is free again quickly
     # These tests are about money under concurrency: let a face alone approve in a gallery of
     # twenty (the default target asks for step-up above ten shoppers; tested elsewhere).
-    env["FACEPAY_TARGET_FPIR"] = "1e-2"
+    env["FACEPAY_RISK_STRANGER"] = "1e-2"
     facepay(env, "server", "init")
     server = Gunicorn(env, free_port(), tmp_path / "gunicorn.log")
     url = server.start()

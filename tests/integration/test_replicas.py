@@ -93,7 +93,7 @@ class Replicas:
 @pytest.fixture
 def replicas(tmp_path: Path, database_url: str) -> Iterator[Replicas]:
     env = base_env(tmp_path / "instance", database_url)
-    env["FACEPAY_TARGET_FPIR"] = "1e-2"  # a face alone approves in this small gallery
+    env["FACEPAY_RISK_STRANGER"] = "1e-2"  # a face alone approves in this small gallery
     facepay(env, "server", "init")
     with (
         server_process(env, free_port(), tmp_path / "a.log") as first,
