@@ -6,8 +6,9 @@ of insightface's bundled group photo, each cropped out as a separate shopper. Th
 consent; each pays and the right wallet is charged (every payment asks for the phone's last
 four digits: no gallery is small enough for a face alone at the default risk targets); a
 fourth, never enrolled, types the first shopper's digits and is not charged; one shopper
-deletes their face data and is not charged afterwards; the ledger and the audit chain verify. The frames of each person are
-the crop moved, scaled and lit a little differently, as a camera would see them.
+deletes their face data and is not charged afterwards; the ledger and the audit chain verify.
+The frames of each person are the crop moved, scaled and lit a little differently, as a camera
+would see them.
 """
 
 from __future__ import annotations
