@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from apiflask import APIBlueprint
@@ -9,9 +8,7 @@ from server.enrollment import service
 from server.enrollment.schemas import EnrollmentIn, EnrollmentOut
 from server.extensions import services
 from server.kiosks.auth import SECURITY, current_kiosk, kiosk_required
-from server.mail import MailError, send_mail
-
-logger = logging.getLogger(__name__)
+from server.shoppers.notices import mail_shopper
 
 bp = APIBlueprint("enrollment", __name__, url_prefix="/v1", tag="Enrollment")
 
@@ -46,8 +43,8 @@ def enroll(body: dict[str, Any]) -> dict[str, Any]:
         )
         session.commit()
         svc.gallery.apply_local(session, "add_shopper", enrolled.shopper_id, enrolled.pack)
-        if enrolled.face_duplicate_of is not None:
-            _tell_existing_account(session, enrolled.face_duplicate_of, kiosk.store)
+    if enrolled.face_duplicate_of is not None:  # after the session: SQLite has one writer
+        _tell_existing_account(enrolled.face_duplicate_of, kiosk.store)
     return {
         "enrollment_id": enrolled.enrollment_id,
         "shopper_id": enrolled.shopper_id,
@@ -58,15 +55,7 @@ def enroll(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tell_existing_account(session: Any, shopper_id: str, store: str) -> None:
-    """Mail the account a new enrollment's face matched (committed already; a mail that
-    fails is logged, and the audit record stays)."""
-    email = service.email_of(session, shopper_id)
-    if not email:
-        return
-    try:
-        send_mail(
-            services().settings, email, _DUPLICATE_SUBJECT, _DUPLICATE_BODY.format(store=store)
-        )
-    except MailError as exc:
-        logger.error("the face-duplicate notice could not be mailed: %s", exc)
+def _tell_existing_account(shopper_id: str, store: str) -> None:
+    """Mail the account a new enrollment's face matched (committed already; the audit
+    record stays whether or not the mail goes)."""
+    mail_shopper(services(), shopper_id, _DUPLICATE_SUBJECT, _DUPLICATE_BODY.format(store=store))

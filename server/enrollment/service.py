@@ -291,9 +291,3 @@ def enroll(
         wallet["currency"],
         face_duplicate_of=duplicate_of,
     )
-
-
-def email_of(session: Session, shopper_id: str) -> str | None:
-    """The address an active shopper's notices go to."""
-    shopper = session.get(Shopper, shopper_id)
-    return shopper.email if shopper is not None and shopper.status == "active" else None

@@ -144,7 +144,14 @@ def test_a_second_enrollment_is_refused_by_claim_and_a_face_is_never_refused_wit
     again = _post(
         client,
         kiosk,
-        enrollment_payload(kiosk, policy, photos[-3:], name="Someone Else", email="x@example.com"),
+        enrollment_payload(
+            kiosk,
+            policy,
+            photos[-3:],
+            name="Someone Else",
+            email="x@example.com",
+            phone="+1 (514) 555-0142",  # Marie's number, typed another way
+        ),
     )
     assert again.status_code == 409
     problem = again.get_json()
