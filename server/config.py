@@ -7,7 +7,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from server.guesses.service import GuessLimits
 
 Mode = Literal["development", "production"]
 
@@ -41,6 +44,7 @@ class Settings:
     risk_mistype_rate: float = 0.01  # digits mistyped by an honest shopper (an assumption)
     risk_phone_space: int = 1_000_000_000  # numbers a random full phone number comes from
     step_up_failures_per_day: int = 10  # failed step-ups a shopper's record allows a day
+    step_up_failures_per_kiosk_day: int = 100  # and a kiosk, over all shoppers
     require_liveness: bool | None = None  # default: required in production only
     change_poll_s: float = 0.25
     # Payments. Amounts in minor units of the payment's currency.
@@ -92,6 +96,12 @@ class Settings:
         return self.instance / "keys"
 
     @property
+    def guess_limits(self) -> GuessLimits:
+        from server.guesses.service import GuessLimits
+
+        return GuessLimits(self.step_up_failures_per_day, self.step_up_failures_per_kiosk_day)
+
+    @property
     def liveness_required(self) -> bool:
         return self.is_production if self.require_liveness is None else self.require_liveness
 
@@ -117,6 +127,7 @@ _ENV_NAMES = {
     "risk_mistype_rate": "FACEPAY_RISK_MISTYPE_RATE",
     "risk_phone_space": "FACEPAY_RISK_PHONE_SPACE",
     "step_up_failures_per_day": "FACEPAY_STEP_UP_FAILURES_PER_DAY",
+    "step_up_failures_per_kiosk_day": "FACEPAY_STEP_UP_FAILURES_PER_KIOSK_DAY",
     "require_liveness": "FACEPAY_REQUIRE_LIVENESS",
     "change_poll_s": "FACEPAY_CHANGE_POLL_S",
     "currencies": "FACEPAY_CURRENCIES",
@@ -181,6 +192,7 @@ def _check_ranges(settings: Settings) -> None:
         "idempotency_ttl_h",
         "idempotency_lease_s",
         "step_up_failures_per_day",
+        "step_up_failures_per_kiosk_day",
         "risk_phone_space",
     )
     for name in positive:

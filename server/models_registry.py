@@ -6,6 +6,7 @@ from server.audit import models as audit_models
 from server.consent import models as consent_models
 from server.db import Base
 from server.enrollment import models as enrollment_models
+from server.guesses import models as guess_models
 from server.idempotency import models as idempotency_models
 from server.kiosks import models as kiosk_models
 from server.ledger import models as ledger_models
@@ -21,6 +22,7 @@ __all__ = [
     "audit_models",
     "consent_models",
     "enrollment_models",
+    "guess_models",
     "idempotency_models",
     "kiosk_models",
     "ledger_models",

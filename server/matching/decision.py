@@ -16,8 +16,9 @@ Whether the face may be searched at all at a rung, and at which threshold, is th
 (`server.matching.risk`): the threshold passed here already meets the risk targets for the
 number of shoppers searched, so a narrowed search never gets a lower bar than its risk allows.
 
-Only ``match`` carries a shopper id. A `Decision` never carries a score: scores do not leave
-the matching layer (they would help an attacker climb towards a threshold).
+Only ``match`` carries a shopper id; a narrowed ``no_match`` names its closest candidate for
+the guess limits, inside the server only. A `Decision` never carries a score: scores do not
+leave the matching layer (they would help an attacker climb towards a threshold).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Decision:
     outcome: Outcome
     shopper_id: str | None
     reason: str
+    # A narrowed search that matched nobody: the closest shopper among those searched, whom
+    # the failed attempt is counted against (guess limits). Never sent to a kiosk.
+    candidate: str | None = None
 
 
 def decide(
@@ -71,11 +75,12 @@ def decide(
     if not candidates:
         return Decision("no_match", None, "empty_gallery")
     best = candidates[0]
+    closest = best.shopper_id if restricted else None
     if not best.score >= threshold:  # also a NaN score
-        return Decision("no_match", None, "below_threshold")
+        return Decision("no_match", None, "below_threshold", closest)
     if len(candidates) > 1 and best.score - candidates[1].score < margin:
         if restricted:
-            return Decision("no_match", None, "ambiguous")
+            return Decision("no_match", None, "ambiguous", closest)
         return Decision("step_up", None, "thin_margin")
     return Decision("match", best.shopper_id, "matched")
 

@@ -13,6 +13,7 @@ from flask import Response
 from server.db import transaction
 from server.errors import json_response
 from server.extensions import services
+from server.guesses.notices import tell_locked_shoppers
 from server.idempotency import service as idempotency
 from server.idempotency.http import respond_once
 from server.kiosks.auth import SECURITY, current_kiosk, kiosk_required
@@ -101,7 +102,8 @@ def get_payment(payment_id: str) -> Response:
 def step_up(payment_id: str, headers: dict[str, Any], body: dict[str, Any]) -> Response:
     svc = services()
     kiosk = current_kiosk()
-    return _once(
+    locked_now: list[str] = []
+    response = _once(
         headers,
         body,
         lambda session: step_up_service.step_up(
@@ -112,8 +114,11 @@ def step_up(payment_id: str, headers: dict[str, Any], body: dict[str, Any]) -> R
             keys=svc.keys,
             gallery=svc.gallery,
             settings=svc.settings,
+            locked_now=locked_now,
         ),
     )
+    tell_locked_shoppers(svc, locked_now)  # committed: now the mail
+    return response
 
 
 @bp.post("/payments/<payment_id>/capture")

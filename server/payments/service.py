@@ -56,6 +56,7 @@ DECLINE_CODES = (
     "currency_mismatch",
     "step_up_failed",
     "step_up_expired",
+    "step_up_locked",
 )
 
 

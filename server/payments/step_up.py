@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from server.config import Settings
 from server.db import utcnow
 from server.enrollment.service import open_templates
+from server.guesses import service as guesses
 from server.keys import InstanceKeys
 from server.kiosks.models import Kiosk
 from server.matching.risk import Rung
@@ -40,11 +41,18 @@ def step_up(
     keys: InstanceKeys,
     gallery: Gallery,
     settings: Settings,
+    locked_now: list[str] | None = None,
 ) -> Answer:
     """Search again among the shoppers the answer names (the phone's last four digits, or the
     whole number: what the challenge asked), at that rung's threshold for today's gallery
-    size; `step_up_tries` wrong answers decline the payment."""
+    size; `step_up_tries` wrong answers decline the payment.
+
+    Guess limits (`server.guesses`): a kiosk or a shopper past their failures of the day is
+    refused with `step_up_locked`, even with the right face and digits; every failure is
+    counted against its candidate, and the shoppers it locks are appended to `locked_now`
+    (the route mails them once the transaction is committed)."""
     now = utcnow()
+    limits = settings.guess_limits
     payment = locked_payment(session, payment_id, kiosk)
     if payment.state != STEP_UP_REQUIRED:
         raise PaymentConflict(f"the payment is {payment.state}", code="challenge_closed")
@@ -58,6 +66,10 @@ def step_up(
     assert payment.sealed_probe is not None and payment.probe_pack is not None
     asked = Rung(payment.step_up_ask or Rung.PHONE_LAST4.value)
     candidates = shoppers.narrowed(session, keys, asked, body)
+    if guesses.kiosk_locked(session, kiosk.id, limits, now) or (
+        asked is Rung.PHONE and guesses.any_locked(session, candidates, limits, now)
+    ):
+        return _locked_out(session, keys, kiosk, payment)
     _, _, vectors = open_templates(
         [
             {
@@ -82,9 +94,31 @@ def step_up(
         close_challenge(payment)
         payment.stepped_up = True
         label, balance = settle(session, payment, decision.shopper_id, settings, now)
-    elif payment.step_up_tries >= settings.step_up_tries:
-        close_challenge(payment)
-        decline(payment, "step_up_failed")
+    else:
+        locks = guesses.record_failure(
+            session,
+            keys,
+            kiosk=kiosk,
+            shopper_id=decision.candidate,
+            purpose="pay",
+            limits=limits,
+            now=now,
+            payment_id=payment.id,
+        )
+        if locks and locked_now is not None and decision.candidate is not None:
+            locked_now.append(decision.candidate)
+        if payment.step_up_tries >= settings.step_up_tries:
+            close_challenge(payment)
+            decline(payment, "step_up_failed")
     session.flush()
     audit_attempt(session, keys, kiosk, payment, decision, purpose="pay_step_up")
     return 200, view(payment, tries_allowed=settings.step_up_tries, label=label, balance=balance)
+
+
+def _locked_out(session: Session, keys: InstanceKeys, kiosk: Kiosk, payment: Any) -> Answer:
+    """Refuse a step-up past the guess limits: the challenge ends, the probe is erased."""
+    close_challenge(payment)
+    decline(payment, "step_up_locked")
+    session.flush()
+    audit_payment(session, keys, "payment.declined", payment, actor=kiosk.id)
+    return 200, view(payment)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from server.audit.service import record_event
 from server.config import Settings
 from server.db import deleted_rows, transaction, utcnow
+from server.guesses import service as guesses
 from server.idempotency import service as idempotency
 from server.keys import InstanceKeys
 from server.kiosks.models import RequestNonce
@@ -134,6 +135,9 @@ def purge(
         report.counts["request_nonces"] = deleted_rows(
             session, delete(RequestNonce).where(RequestNonce.seen_at < nonce_cutoff)
         )
+        # Failed step-ups count for a day (the guess limits); past that they are kept only in
+        # the audit chain.
+        report.counts["step_up_failures"] = guesses.purge_before(session, now - guesses.WINDOW)
     report.counts["outbox_mails"] = _prune_outbox(settings, now)
     report.counts["keys_destroyed"] = _destroy_stray_keys(sessions, keys, orphan_grace_s)
 

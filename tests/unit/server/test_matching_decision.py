@@ -31,7 +31,11 @@ def test_no_candidate_is_no_match(restricted: bool) -> None:
 
 @pytest.mark.parametrize("restricted", [False, True])
 def test_below_threshold_is_no_match(restricted: bool) -> None:
-    assert _decide(_c(("a", 0.4375)), restricted) == Decision("no_match", None, "below_threshold")
+    # A narrowed search names its closest candidate (for the guess limits); an open one never.
+    closest = "a" if restricted else None
+    assert _decide(_c(("a", 0.4375)), restricted) == Decision(
+        "no_match", None, "below_threshold", closest
+    )
     # Below the threshold wins over a thin margin.
     assert _decide(_c(("a", 0.4375), ("b", 0.4375)), restricted).reason == "below_threshold"
     assert _decide(_c(("a", float("nan"))), restricted).reason == "below_threshold"
@@ -55,7 +59,7 @@ def test_thin_margin_asks_for_step_up() -> None:
 
 def test_thin_margin_after_step_up_is_ambiguous() -> None:
     narrowed = _decide(_c(("a", 0.75), ("b", 0.6875)), restricted=True)
-    assert narrowed == Decision("no_match", None, "ambiguous")
+    assert narrowed == Decision("no_match", None, "ambiguous", candidate="a")
     assert _decide(_c(("a", 0.75), ("b", 0.625)), restricted=True).outcome == "match"
 
 
@@ -65,7 +69,7 @@ def test_only_the_first_two_candidates_matter() -> None:
 
 def test_a_decision_never_carries_a_score() -> None:
     names = {field.name for field in dataclasses.fields(Decision)}
-    assert names == {"outcome", "shopper_id", "reason"}
+    assert names == {"outcome", "shopper_id", "reason", "candidate"}
     decision = _decide(_c(("a", 0.75)))
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.outcome = "no_match"  # type: ignore[misc]
