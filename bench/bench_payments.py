@@ -174,8 +174,12 @@ def _pay(
     final = json.loads(data) if data else {}
     if response.status == 200 and final.get("status") == "approved":
         return 2, asked, None
+    # Not matched: the challenge still open (tries left), or declined for it. The server says
+    # every such decline as one code (`not_approved`); here funds, limits and consent never
+    # decline, so it is the face. A guess-limit lock (`step_up_locked`) is an error.
     not_matched = response.status == 200 and (
-        final.get("status") == "step_up_required" or final.get("decline_code") == "step_up_failed"
+        final.get("status") == "step_up_required"
+        or final.get("decline_code") in ("not_approved", "step_up_failed")
     )
     if not_matched:
         return 2, asked, FACE_NOT_MATCHED

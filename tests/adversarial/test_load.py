@@ -174,9 +174,11 @@ class _Client:
 
 
 def _not_matched(status: int, answer: dict[str, Any]) -> bool:
-    """A step-up answered "not matched": the face below the rung's threshold, no charge."""
+    """A step-up answered "not matched": the face below the rung's threshold, no charge (the
+    challenge still open, or declined: the server says every such decline as `not_approved`)."""
     return status == 200 and (
-        answer.get("status") == "step_up_required" or answer.get("decline_code") == "step_up_failed"
+        answer.get("status") == "step_up_required"
+        or answer.get("decline_code") in ("not_approved", "step_up_failed")
     )
 
 
@@ -254,7 +256,7 @@ def _drive(
             done = False
             # Step-up with the deleted number finds nobody; a face alone finds nobody either.
             ok = _not_matched(status, document) or (
-                status == 201 and document.get("decline_code") == "no_match"
+                status == 201 and document.get("decline_code") in ("not_approved", "no_match")
             )
         else:
             kind = "payment"
