@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.db import Base, utcnow
@@ -12,7 +12,9 @@ class StepUpFailure(Base):
     """One failed step-up: a face that did not match among the shoppers the typed digits
     named. `shopper_id` is the candidate it was counted against (the one shopper with the
     typed number, or the closest face among those with the typed last four digits); none
-    when the digits named nobody. Kept for the counting window and purged after it."""
+    when the digits named nobody. The probe is kept exactly as the kiosk sealed it (to the
+    server's key), so that the next attempts of the same face are counted together whatever
+    digits they type. Kept for the counting window and purged after it, probe and all."""
 
     __tablename__ = "step_up_failures"
     __table_args__ = (
@@ -26,3 +28,6 @@ class StepUpFailure(Base):
     store: Mapped[str] = mapped_column(String(100))
     shopper_id: Mapped[str | None] = mapped_column(ForeignKey("shoppers.id"))
     purpose: Mapped[str] = mapped_column(String(16))  # pay, delete
+    probe_pack: Mapped[str | None] = mapped_column(String(80))
+    probe_liveness: Mapped[str | None] = mapped_column(String(32))
+    sealed_probe: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -7,6 +7,12 @@ row in the database, counted over the last 24 hours.
   starts, and every failure is audited against them (`step_up.failed`, in their export).
 - **Per kiosk**: after `step_up_failures_per_kiosk_day` failures at one kiosk, its step-ups
   are refused the same way until the day has passed (a till used to try many victims).
+- **Per face**: the failed probe is kept (sealed) for the day; after
+  `step_up_failures_per_day` failures of the same face (a probe at or above the pack's base
+  threshold to it), whatever digits each typed, that face's step-ups are refused. When the
+  locked face then types digits that name a shopper it matches (a victim's face guessing
+  their digits has found them), that shopper is told and the attempts are audited against
+  them.
 
 What a failure is counted against: the one shopper with the typed number; among the shoppers
 with the typed last four digits, the closest face (the one the attempt most resembles, so
@@ -22,14 +28,18 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from server.audit.service import record_event
+from server.crypto import CryptoError
 from server.db import deleted_rows
 from server.guesses.models import StepUpFailure
 from server.keys import InstanceKeys
 from server.kiosks.models import Kiosk
+from server.templates import TemplateInvalid, decode_vector, transport_associated_data
 
 WINDOW = dt.timedelta(hours=24)
 
@@ -38,6 +48,20 @@ WINDOW = dt.timedelta(hours=24)
 class GuessLimits:
     per_shopper: int
     per_kiosk: int
+
+
+@dataclass(frozen=True)
+class FailedProbe:
+    """The probe of an attempt as the kiosk sealed it, with what opens it again."""
+
+    pack: str
+    liveness: str
+    sealed: bytes
+
+
+# The failed probes a step-up compares its face with: the most recent of the day (opening one
+# costs about 0.1 ms).
+FACE_ROWS = 200
 
 
 def _failures_since(
@@ -81,6 +105,7 @@ def record_failure(
     purpose: str,
     limits: GuessLimits,
     now: dt.datetime,
+    probe: FailedProbe | None = None,
     payment_id: str | None = None,
 ) -> bool:
     """Count a failed step-up and audit it against its candidate; whether this failure is
@@ -93,6 +118,9 @@ def record_failure(
             store=kiosk.store,
             shopper_id=shopper_id,
             purpose=purpose,
+            probe_pack=None if probe is None else probe.pack,
+            probe_liveness=None if probe is None else probe.liveness,
+            sealed_probe=None if probe is None else probe.sealed,
         )
     )
     session.flush()
@@ -118,6 +146,75 @@ def record_failure(
         )
         return True
     return False
+
+
+def same_face_failures(
+    session: Session,
+    keys: InstanceKeys,
+    probe: npt.NDArray[np.float32],
+    *,
+    pack: str,
+    threshold: float,
+    now: dt.datetime,
+) -> int:
+    """Failed step-ups of the day whose probe is this face (scores stay in here)."""
+    rows = session.execute(
+        select(
+            StepUpFailure.kiosk_id,
+            StepUpFailure.purpose,
+            StepUpFailure.probe_liveness,
+            StepUpFailure.sealed_probe,
+        )
+        .where(
+            StepUpFailure.at > now - WINDOW,
+            StepUpFailure.probe_pack == pack,
+            StepUpFailure.sealed_probe.is_not(None),
+        )
+        .order_by(StepUpFailure.at.desc())
+        .limit(FACE_ROWS)
+    ).all()
+    same = 0
+    for kiosk_id, purpose, liveness, sealed in rows:
+        if sealed is None:
+            continue
+        aad = transport_associated_data(
+            kiosk_id=kiosk_id, pack=pack, purpose=purpose, liveness=liveness or "none"
+        )
+        try:
+            earlier = decode_vector(keys.sealing.open(bytes(sealed), aad), probe.shape[0])
+        except (CryptoError, TemplateInvalid):
+            continue  # a probe the current keys cannot open counts for nothing
+        same += float(np.dot(earlier, probe)) >= threshold
+    return same
+
+
+def face_locked(
+    session: Session,
+    keys: InstanceKeys,
+    probe: npt.NDArray[np.float32],
+    *,
+    pack: str,
+    threshold: float,
+    limits: GuessLimits,
+    now: dt.datetime,
+) -> bool:
+    count = same_face_failures(session, keys, probe, pack=pack, threshold=threshold, now=now)
+    return count >= limits.per_shopper
+
+
+def tell_found_victim(
+    session: Session, keys: InstanceKeys, *, shopper_id: str, kiosk: Kiosk, purpose: str
+) -> None:
+    """A locked face has typed digits naming a shopper it matches: their face has been tried
+    with guessed digits. Audited against them (the caller mails them after commit)."""
+    record_event(
+        session,
+        keys.audit_key,
+        "step_up.locked",
+        subject=shopper_id,
+        actor=kiosk.id,
+        data={"why": "face", "purpose": purpose, "store": kiosk.store},
+    )
 
 
 def purge_before(session: Session, cutoff: dt.datetime) -> int:

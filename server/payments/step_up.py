@@ -85,10 +85,28 @@ def step_up(
         liveness_required=settings.liveness_required,
     )
     # The threshold for the rung asked at today's size; the rung itself never weakens.
-    rung = gallery.rung(payment.probe_pack, minimum=asked)
-    decision = gallery.identify(payment.probe_pack, vectors[0], rung, restrict_to=candidates)
+    pack = payment.probe_pack
+    rung = gallery.rung(pack, minimum=asked)
+    decision = gallery.identify(pack, vectors[0], rung, restrict_to=candidates)
     payment.step_up_tries += 1
     label, balance = None, None
+    matched = decision.shopper_id if decision.outcome == "match" else None
+    if guesses.face_locked(
+        session,
+        keys,
+        vectors[0],
+        pack=pack,
+        threshold=gallery.base_threshold(pack),
+        limits=limits,
+        now=now,
+    ):
+        if matched is not None:  # the face has found its digits: its owner is told
+            guesses.tell_found_victim(session, keys, shopper_id=matched, kiosk=kiosk, purpose="pay")
+            if locked_now is not None:
+                locked_now.append(matched)
+        return _locked_out(session, keys, kiosk, payment)
+    if matched is not None and guesses.shopper_locked(session, matched, limits, now):
+        return _locked_out(session, keys, kiosk, payment)
     if decision.outcome == "match":
         assert decision.shopper_id is not None
         close_challenge(payment)
@@ -103,6 +121,9 @@ def step_up(
             purpose="pay",
             limits=limits,
             now=now,
+            probe=guesses.FailedProbe(
+                pack, payment.probe_liveness or "none", bytes(payment.sealed_probe)
+            ),
             payment_id=payment.id,
         )
         if locks and locked_now is not None and decision.candidate is not None:

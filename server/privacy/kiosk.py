@@ -12,12 +12,13 @@ from sqlalchemy.orm import Session
 from server.audit.service import record_event
 from server.db import utcnow
 from server.enrollment.service import open_templates
-from server.errors import ProblemError
+from server.errors import ProblemError, error_document
 from server.guesses import service as guesses
 from server.kiosks.models import Kiosk
 from server.matching.risk import Rung
 from server.privacy import service
 from server.shoppers import service as shoppers
+from server.templates import b64decode
 
 
 class FullPhoneRequired(ProblemError):
@@ -30,6 +31,13 @@ class DeletionLocked(ProblemError):
     status_code = 423
     code = "step_up_locked"
     title = "Too many failed attempts today: deletion at a kiosk is locked for now"
+
+
+def _locked() -> tuple[int, dict[str, Any]]:
+    """The refusal as the request's answer (returned, not raised: what the attempt recorded,
+    an audit record naming a found victim, is kept)."""
+    refusal = DeletionLocked("try again tomorrow, or delete on the privacy web page")
+    return refusal.status_code, error_document(refusal)
 
 
 @dataclass
@@ -64,11 +72,26 @@ def delete_at_kiosk(
     if guesses.kiosk_locked(session, kiosk.id, limits, now) or (
         sent is Rung.PHONE and guesses.any_locked(session, candidates, limits, now)
     ):
-        raise DeletionLocked("try again tomorrow, or delete on the privacy web page")
+        return _locked()
     decision = svc.gallery.identify(pack, vectors[0], rung, restrict_to=candidates)
     matched = decision.shopper_id if decision.outcome == "match" else None
+    if guesses.face_locked(
+        session,
+        svc.keys,
+        vectors[0],
+        pack=pack,
+        threshold=svc.gallery.base_threshold(pack),
+        limits=limits,
+        now=now,
+    ):
+        if matched is not None:  # the face has found its digits: its owner is told
+            guesses.tell_found_victim(
+                session, svc.keys, shopper_id=matched, kiosk=kiosk, purpose="delete"
+            )
+            after.locked_now.append(matched)
+        return _locked()
     if matched is not None and guesses.shopper_locked(session, matched, limits, now):
-        raise DeletionLocked("try again tomorrow, or delete on the privacy web page")
+        return _locked()
     answer: dict[str, Any] = {"status": "not_found"}
     if matched is not None:
         receipt = service.delete_shopper(
@@ -84,6 +107,9 @@ def delete_at_kiosk(
         purpose="delete",
         limits=limits,
         now=now,
+        probe=guesses.FailedProbe(
+            pack, body["probe"]["liveness"], b64decode(body["probe"]["sealed"])
+        ),
     ):
         after.locked_now.append(str(decision.candidate))
     record_event(

@@ -25,6 +25,9 @@ def upgrade() -> None:
         sa.Column("store", sa.String(length=100), nullable=False),
         sa.Column("shopper_id", sa.String(length=36), nullable=True),
         sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("probe_pack", sa.String(length=80), nullable=True),
+        sa.Column("probe_liveness", sa.String(length=32), nullable=True),
+        sa.Column("sealed_probe", sa.LargeBinary(), nullable=True),
         sa.ForeignKeyConstraint(
             ["kiosk_id"], ["kiosks.id"], name=op.f("fk_step_up_failures_kiosk_id_kiosks")
         ),

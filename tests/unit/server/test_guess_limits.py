@@ -50,7 +50,7 @@ def test_wrong_faces_with_a_victims_number_lock_within_ten_failures(
     victim = enroll_p12(client, kiosk, face_vectors)
     impostor = face_vectors["p11"][1]
     answers = [fail_once(client, kiosk, impostor, phone=P12_PHONE) for _ in range(10)]
-    assert all(a["status"] == "step_up_required" for a in answers)
+    assert all((a["status"], a["decline_code"]) == ("declined", "not_approved") for a in answers)
     # The eleventh attempt, the victim's own face with the right number: refused.
     own = fail_once(client, kiosk, face_vectors["p12"][3], phone=P12_PHONE)
     assert (own["status"], own["decline_code"]) == ("declined", "step_up_locked")
@@ -86,7 +86,7 @@ def test_four_digit_failures_count_against_the_closest_face_only(
     victim = enroll_p12(client, kiosk, face_vectors)
     for _ in range(3):
         result = fail_once(client, kiosk, face_vectors["p11"][1], phone_last4=P12_PHONE[-4:])
-        assert result["status"] == "step_up_required"
+        assert result["decline_code"] == "not_approved"
     for _ in range(3):  # digits naming nobody: the kiosk's count only
         fail_once(client, kiosk, face_vectors["p04"][0], phone_last4="9999")
     svc = app.extensions["facepay"]
@@ -144,3 +144,42 @@ def test_a_second_server_process_sees_the_same_counts(
         assert (own["status"], own["decline_code"]) == ("declined", "step_up_locked")
     finally:
         other.extensions["facepay"].stop()
+
+
+def test_a_face_guessing_digits_locks_and_its_owner_is_told_when_found(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk, face_vectors: dict[str, list[np.ndarray]]
+) -> None:
+    """The victim's own face (a photo, a twin) with guessed numbers: ten failures of the same
+    face lock it whatever digits it types; the right number is then refused, and its owner
+    mailed, with the lock in their export."""
+    victim = enroll_p12(client, kiosk, face_vectors)
+    face = face_vectors["p12"][3]
+    for guess in range(10):
+        result = fail_once(client, kiosk, face, phone=f"+1 438 555 {guess:04d}")
+        assert (result["status"], result["decline_code"]) == ("declined", "not_approved")
+    found = fail_once(client, kiosk, face, phone=P12_PHONE)
+    assert (found["status"], found["decline_code"]) == ("declined", "step_up_locked")
+    mails = outbox(app)
+    assert len(mails) == 1 and "p12@example.com" in mails[0]
+    with app.extensions["facepay"].sessions() as session:
+        kinds = [e["kind"] for e in audit.events_about(session, victim)]
+    assert kinds.count("step_up.locked") == 1
+    # Another face is not locked by it.
+    other = fail_once(client, kiosk, face_vectors["p01"][0], phone=P12_PHONE)
+    assert other["decline_code"] == "not_approved"
+
+
+def test_a_face_guessing_digits_for_a_deletion_locks_the_same_way(
+    app: Any, client: FlaskClient, kiosk: SigningKiosk, face_vectors: dict[str, list[np.ndarray]]
+) -> None:
+    victim = enroll_p12(client, kiosk, face_vectors)
+    face = face_vectors["p12"][3]
+    for guess in range(10):
+        attempt = delete_with(client, kiosk, face, phone=f"+1 438 555 {guess:04d}")
+        assert attempt.get_json() == {"status": "not_found"}
+    refused = delete_with(client, kiosk, face, phone=P12_PHONE)
+    assert refused.status_code == 423 and refused.get_json()["code"] == "step_up_locked"
+    with app.extensions["facepay"].sessions() as session:
+        assert session.get(Shopper, victim).status == "active"  # type: ignore[union-attr]
+        kinds = [e["kind"] for e in audit.events_about(session, victim)]
+    assert kinds.count("step_up.locked") == 1 and len(outbox(app)) == 1
