@@ -53,8 +53,14 @@ class Settings:
     limit_per_day: int = 100_000  # per shopper, over the last 24 hours
     step_up_above: int = 10_000  # a larger payment always asks for the phone's last digits
     step_up_ttl_s: int = 120
-    step_up_tries: int = 3
+    # One answer per challenge: with retries, a stranger's wrong face would get "try again"
+    # where an enrolled face refused for its limits gets a decline, and the two would differ.
+    step_up_tries: int = 1
     authorization_ttl_s: int = 3600  # an uncaptured authorization expires after this
+    # Authorize-then-void probes a face without moving money: past this many voids a day at a
+    # kiosk (or its store), manual authorizations there are refused.
+    voids_per_kiosk_day: int = 10
+    voids_per_store_day: int = 50
     idempotency_ttl_h: int = 24  # idempotency keys are kept at least this long
     idempotency_lease_s: float = 10.0  # a retry may take over a claim its owner left this long
     log_format: str = "text"  # "json": one JSON object per line (server.observability)
@@ -137,6 +143,8 @@ _ENV_NAMES = {
     "step_up_ttl_s": "FACEPAY_STEP_UP_TTL_S",
     "step_up_tries": "FACEPAY_STEP_UP_TRIES",
     "authorization_ttl_s": "FACEPAY_AUTHORIZATION_TTL_S",
+    "voids_per_kiosk_day": "FACEPAY_VOIDS_PER_KIOSK_DAY",
+    "voids_per_store_day": "FACEPAY_VOIDS_PER_STORE_DAY",
     "idempotency_ttl_h": "FACEPAY_IDEMPOTENCY_TTL_H",
     "idempotency_lease_s": "FACEPAY_IDEMPOTENCY_LEASE_S",
     "log_format": "FACEPAY_LOG_FORMAT",
@@ -194,6 +202,8 @@ def _check_ranges(settings: Settings) -> None:
         "step_up_failures_per_day",
         "step_up_failures_per_kiosk_day",
         "risk_phone_space",
+        "voids_per_kiosk_day",
+        "voids_per_store_day",
     )
     for name in positive:
         if not getattr(settings, name) > 0:

@@ -110,6 +110,19 @@ class Metrics:
             "Stored answers replayed for a reused idempotency key",
             registry=self.registry,
         )
+        # Authorize-then-void probing: alert on a store's voids, and on refusals past its limit.
+        self.voids = Counter(
+            "facepay_authorizations_voided",
+            "Authorizations voided, by store",
+            ["store"],
+            registry=self.registry,
+        )
+        self.manual_authorizations_refused = Counter(
+            "facepay_manual_authorizations_refused",
+            "Manual authorizations refused past the day's voids, by store",
+            ["store"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "facepay_http_requests",
             "HTTP requests by method, URL rule and status",

@@ -76,8 +76,20 @@ OUTCOMES: dict[str, Texts] = {
     "error": {"en": "Something went wrong", "fr": "Une erreur est survenue"},
 }
 
-# Why a payment was declined (server.payments.service.DECLINE_CODES) and other result codes.
+# Why a payment was declined (server.payments.service.PUBLIC_DECLINE_CODES; an older server's
+# finer codes are kept below) and other result codes.
 REASONS: dict[str, Texts] = {
+    "not_approved": {
+        "en": "Not approved. You can try again, or pay another way. "
+        "If you are enrolled, the reason is in your facepay account.",
+        "fr": "Non approuvé. Vous pouvez réessayer ou payer autrement. "
+        "Si vous êtes inscrit, la raison figure dans votre compte facepay.",
+    },
+    "step_up_locked": {
+        "en": "Too many failed attempts today: paying by face is paused for this number.",
+        "fr": "Trop d’essais manqués aujourd’hui : le paiement par le visage est suspendu "
+        "pour ce numéro.",
+    },
     "no_match": {"en": "Your face was not recognised.", "fr": "Votre visage n’a pas été reconnu."},
     "insufficient_funds": {
         "en": "Not enough money in your wallet.",

@@ -82,7 +82,7 @@ class RiskTargets:
     min_completion: float = 0.98  # honest payments approved
     margin: float = 0.05  # the best must lead the next shopper by this much
     failures_per_day: int = 10  # failed step-ups a shopper's record allows a day
-    tries: int = 3  # digit entries a challenge allows
+    tries: int = 1  # digit entries a challenge allows (FACEPAY_STEP_UP_TRIES)
     mistype_rate: float = 0.01  # an honest shopper mistypes the digits asked
     phone_space: int = 1_000_000_000  # phone numbers a random full number is drawn from
 

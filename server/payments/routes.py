@@ -61,7 +61,7 @@ def _housekeeping() -> None:
 def create_payment(headers: dict[str, Any], body: dict[str, Any]) -> Response:
     svc = services()
     kiosk = current_kiosk()
-    return _once(
+    response = _once(
         headers,
         body,
         idempotency.Staged(
@@ -70,6 +70,10 @@ def create_payment(headers: dict[str, Any], body: dict[str, Any]) -> Response:
             )
         ),
     )
+    if response.status_code == service.ManualAuthorizationsPaused.status_code:
+        # The refusal is the request's stored answer, not an exception: count it here.
+        svc.metrics.manual_authorizations_refused.labels(store=kiosk.store).inc()
+    return response
 
 
 @bp.get("/payments/<payment_id>")
@@ -147,8 +151,11 @@ def capture(payment_id: str, headers: dict[str, Any], body: dict[str, Any]) -> R
 def void(payment_id: str, headers: dict[str, Any]) -> Response:
     svc = services()
     kiosk = current_kiosk()
-    return _once(
+    response = _once(
         headers,
         {},
         lambda session: service.void(session, kiosk=kiosk, payment_id=payment_id, keys=svc.keys),
     )
+    if response.status_code == 200:
+        svc.metrics.voids.labels(store=kiosk.store).inc()
+    return response

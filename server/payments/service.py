@@ -60,6 +60,30 @@ DECLINE_CODES = (
 )
 
 
+# What a kiosk is told of a decline. Every reason that depends on whose face it is (no match,
+# a failed step-up, the shopper's funds, limits, consent, status or wallet currency) is said
+# as one code, so that no answer tells an enrolled face from a stranger's before money moves;
+# the reason itself stays in the payment row, the audit log and the shopper's export.
+NOT_APPROVED = "not_approved"
+_SAID_AS_NOT_APPROVED = frozenset(
+    {
+        "no_match",
+        "step_up_failed",
+        "insufficient_funds",
+        "limit_exceeded",
+        "consent_withdrawn",
+        "account_suspended",
+        "currency_mismatch",
+    }
+)
+# The codes a kiosk can see.
+PUBLIC_DECLINE_CODES = (NOT_APPROVED, "step_up_expired", "step_up_locked")
+
+
+def public_decline(code: str | None) -> str | None:
+    return NOT_APPROVED if code in _SAID_AS_NOT_APPROVED else code
+
+
 class PaymentNotFound(ProblemError):
     status_code = 404
     code = "payment_not_found"
@@ -76,6 +100,38 @@ class CurrencyNotAccepted(ProblemError):
     status_code = 422
     code = "currency_not_accepted"
     title = "This server does not take payments in this currency"
+
+
+class ManualAuthorizationsPaused(ProblemError):
+    status_code = 429
+    code = "manual_authorizations_paused"
+    title = "Too many authorizations were voided here today: manual capture is paused"
+
+
+def voids_today(session: Session, kiosk: Kiosk, now: dt.datetime) -> tuple[int, int]:
+    """Authorizations voided in the last 24 hours at this kiosk, and at its store."""
+    since = now - dt.timedelta(hours=24)
+    voided = (
+        select(func.count())
+        .select_from(Payment)
+        .where(Payment.state == VOIDED, Payment.updated_at > since)
+    )
+    at_kiosk = session.scalar(voided.where(Payment.kiosk_id == kiosk.id)) or 0
+    at_store = session.scalar(voided.where(Payment.store == kiosk.store)) or 0
+    return int(at_kiosk), int(at_store)
+
+
+def _refuse_if_probing(
+    session: Session, kiosk: Kiosk, settings: Settings, now: dt.datetime
+) -> None:
+    """Authorize-then-void is how a kiosk could learn about a face without moving money:
+    past the day's voids at this kiosk or store, manual authorizations are refused (the
+    route counts the refusal in a metric to alert on)."""
+    at_kiosk, at_store = voids_today(session, kiosk, now)
+    if at_kiosk >= settings.voids_per_kiosk_day or at_store >= settings.voids_per_store_day:
+        raise ManualAuthorizationsPaused(
+            "automatic capture still works; manual authorizations resume within a day"
+        )
 
 
 class AmountNotAllowed(ProblemError):
@@ -97,8 +153,10 @@ def view(
     label: str | None = None,
     balance: int | None = None,
 ) -> dict[str, Any]:
-    """The API's picture of a payment: never a score, never more of the shopper than a label.
-    `tries_allowed` is the step-up tries a challenge has (the `step_up_tries` setting)."""
+    """The API's picture of a payment: never a score, and nothing of the shopper (their label,
+    their balance) until money has moved: a manual authorization holds money but says whose
+    only once captured. `tries_allowed` is the step-up tries a challenge has (the
+    `step_up_tries` setting)."""
     body: dict[str, Any] = {
         "payment_id": payment.id,
         "status": _outcome(payment.state),
@@ -111,7 +169,7 @@ def view(
         "created_at": payment.created_at.isoformat(),
     }
     if payment.state == DECLINED:
-        body["decline_code"] = payment.decline_code
+        body["decline_code"] = public_decline(payment.decline_code)
     if payment.state == STEP_UP_REQUIRED:
         body["challenge_id"] = payment.challenge_id
         body["step_up_reason"] = payment.step_up_reason
@@ -119,9 +177,9 @@ def view(
         body["tries_left"] = max(0, tries_allowed - payment.step_up_tries)
     if payment.expires_at is not None:
         body["expires_at"] = payment.expires_at.isoformat()
-    if label is not None:
+    if payment.state == CAPTURED and label is not None:
         body["shopper_label"] = label
-    if balance is not None:
+    if payment.state == CAPTURED and balance is not None:
         body["wallet_balance"] = balance
     return body
 
@@ -167,6 +225,8 @@ def match_then_record(
         decision = Decision("step_up", None, f"rung_{rung.rung.value}")
 
     def record(session: Session) -> Answer:
+        if body["capture_method"] == "manual":
+            _refuse_if_probing(session, kiosk, settings, now)
         payment = Payment(
             id=str(uuid.uuid4()),
             kiosk_id=kiosk.id,
@@ -411,7 +471,8 @@ def capture(
     payment.state, payment.captured_amount, payment.expires_at = CAPTURED, amount, None
     session.flush()
     audit_payment(session, keys, "payment.captured", payment, actor=kiosk.id)
-    return 200, view(payment, balance=wallet.available)
+    label = session.scalar(select(Shopper.masked_label).where(Shopper.id == payment.shopper_id))
+    return 200, view(payment, label=label, balance=wallet.available)
 
 
 def void(session: Session, *, kiosk: Kiosk, payment_id: str, keys: InstanceKeys) -> Answer:

@@ -787,7 +787,9 @@ def test_key_store_unavailable(store: Store, database_url: str, tally: Tally) ->
                 answer = reply.json() or {}
                 if number in gone:
                     declined = (answer.get("status"), answer.get("decline_code"))
-                    tally.case(declined == ("declined", "no_match"), f"deleted face: {declined}")
+                    tally.case(
+                        declined == ("declined", "not_approved"), f"deleted face: {declined}"
+                    )
                     continue
                 ok, detail = books.charged_once(key, answer, amount)
                 tally.case(reply.status == 201 and ok, f"pay while removed: {detail}")

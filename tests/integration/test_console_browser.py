@@ -174,7 +174,7 @@ def test_auditor_reads_the_log_and_an_officer_deletes_a_shopper(
         payment_payload(kiosk, face.sample(), 500),
         idempotency_key=new_key(),
     )
-    assert (answer["status"], answer["decline_code"]) == ("declined", "no_match"), answer
+    assert (answer["status"], answer["decline_code"]) == ("declined", "not_approved"), answer
     with svc.sessions() as session:
         shopper = session.get(Shopper, shopper_id)
         assert shopper is not None and shopper.status == "deleted"

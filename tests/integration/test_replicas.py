@@ -134,7 +134,7 @@ def test_a_deletion_on_one_replica_is_honoured_by_the_other_within_a_second(
         payment_payload(kiosk, face.sample(), 100),
         idempotency_key=new_key(),
     )
-    assert status == 201 and answer["decline_code"] == "no_match", answer
+    assert status == 201 and answer["decline_code"] == "not_approved", answer
 
 
 def test_one_idempotency_key_sent_to_two_replicas_charges_once(replicas: Replicas) -> None:
