@@ -9,9 +9,10 @@ from server.shoppers.notices import mail_shopper
 
 SUBJECT = "facepay: paying by face is locked for a day after failed attempts"
 BODY = (
-    "Several attempts to pay or to delete your data with your phone number failed today at "
-    "facepay kiosks: the face did not match yours. To protect your account, paying by face is "
-    "locked for up to 24 hours; nothing was charged or deleted.\n\n"
+    "Several attempts to pay or to delete your data failed today at facepay kiosks: another "
+    "face with your phone number, or your face with numbers that are not yours. To protect "
+    "your account, paying by face is locked for up to 24 hours; nothing was charged or "
+    "deleted.\n\n"
     "If these attempts were yours, no action is needed: it unlocks by itself. If they were not, "
     "you can see them in your data export at the privacy page, and write to us.\n"
 )

@@ -197,23 +197,31 @@ def face_locked(
     threshold: float,
     limits: GuessLimits,
     now: dt.datetime,
-) -> bool:
+) -> int:
+    """The day's failures of this face when they lock it (0 when they do not)."""
     count = same_face_failures(session, keys, probe, pack=pack, threshold=threshold, now=now)
-    return count >= limits.per_shopper
+    return count if count >= limits.per_shopper else 0
 
 
 def tell_found_victim(
-    session: Session, keys: InstanceKeys, *, shopper_id: str, kiosk: Kiosk, purpose: str
+    session: Session,
+    keys: InstanceKeys,
+    *,
+    shopper_id: str,
+    kiosk: Kiosk,
+    purpose: str,
+    failures: int,
 ) -> None:
     """A locked face has typed digits naming a shopper it matches: their face has been tried
-    with guessed digits. Audited against them (the caller mails them after commit)."""
+    with guessed digits, `failures` times today. Audited against them (the caller mails them
+    after commit)."""
     record_event(
         session,
         keys.audit_key,
         "step_up.locked",
         subject=shopper_id,
         actor=kiosk.id,
-        data={"why": "face", "purpose": purpose, "store": kiosk.store},
+        data={"why": "face", "purpose": purpose, "store": kiosk.store, "failures": failures},
     )
 
 

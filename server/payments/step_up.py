@@ -91,7 +91,7 @@ def step_up(
     payment.step_up_tries += 1
     label, balance = None, None
     matched = decision.shopper_id if decision.outcome == "match" else None
-    if guesses.face_locked(
+    if failures := guesses.face_locked(
         session,
         keys,
         vectors[0],
@@ -101,7 +101,9 @@ def step_up(
         now=now,
     ):
         if matched is not None:  # the face has found its digits: its owner is told
-            guesses.tell_found_victim(session, keys, shopper_id=matched, kiosk=kiosk, purpose="pay")
+            guesses.tell_found_victim(
+                session, keys, shopper_id=matched, kiosk=kiosk, purpose="pay", failures=failures
+            )
             if locked_now is not None:
                 locked_now.append(matched)
         return _locked_out(session, keys, kiosk, payment)

@@ -75,7 +75,7 @@ def delete_at_kiosk(
         return _locked()
     decision = svc.gallery.identify(pack, vectors[0], rung, restrict_to=candidates)
     matched = decision.shopper_id if decision.outcome == "match" else None
-    if guesses.face_locked(
+    if failures := guesses.face_locked(
         session,
         svc.keys,
         vectors[0],
@@ -86,7 +86,12 @@ def delete_at_kiosk(
     ):
         if matched is not None:  # the face has found its digits: its owner is told
             guesses.tell_found_victim(
-                session, svc.keys, shopper_id=matched, kiosk=kiosk, purpose="delete"
+                session,
+                svc.keys,
+                shopper_id=matched,
+                kiosk=kiosk,
+                purpose="delete",
+                failures=failures,
             )
             after.locked_now.append(matched)
         return _locked()
