@@ -39,6 +39,9 @@ from server.db import deleted_rows
 from server.guesses.models import StepUpFailure
 from server.keys import InstanceKeys
 from server.kiosks.models import Kiosk
+from server.matching.decision import Decision
+from server.matching.risk import Rung, RungRisk
+from server.matching.service import Gallery
 from server.templates import TemplateInvalid, decode_vector, transport_associated_data
 
 WINDOW = dt.timedelta(hours=24)
@@ -188,21 +191,6 @@ def same_face_failures(
     return same
 
 
-def face_locked(
-    session: Session,
-    keys: InstanceKeys,
-    probe: npt.NDArray[np.float32],
-    *,
-    pack: str,
-    threshold: float,
-    limits: GuessLimits,
-    now: dt.datetime,
-) -> int:
-    """The day's failures of this face when they lock it (0 when they do not)."""
-    count = same_face_failures(session, keys, probe, pack=pack, threshold=threshold, now=now)
-    return count if count >= limits.per_shopper else 0
-
-
 def tell_found_victim(
     session: Session,
     keys: InstanceKeys,
@@ -223,6 +211,60 @@ def tell_found_victim(
         actor=kiosk.id,
         data={"why": "face", "purpose": purpose, "store": kiosk.store, "failures": failures},
     )
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A step-up's search within the guess limits: the decision, whether the attempt is
+    refused for a lock (then no money moves and nothing is deleted), and the shopper a
+    locked face has just been found to be (to mail after the commit)."""
+
+    decision: Decision
+    locked: bool
+    found: str | None = None
+
+
+def identify_within_limits(
+    session: Session,
+    keys: InstanceKeys,
+    gallery: Gallery,
+    *,
+    kiosk: Kiosk,
+    pack: str,
+    probe: npt.NDArray[np.float32],
+    rung: RungRisk,
+    candidates: set[str],
+    purpose: str,
+    limits: GuessLimits,
+    now: dt.datetime,
+) -> Guarded:
+    """The search a step-up makes, and the locks around it, for payments and deletions alike:
+    a locked kiosk, or the locked one shopper of a whole number, is refused before any face is
+    searched; a locked face is refused (and, when it matched, its owner found); a matched
+    shopper who is locked is refused."""
+    nobody = Decision("no_match", None, "locked")
+    if kiosk_locked(session, kiosk.id, limits, now) or (
+        rung.rung is Rung.PHONE and any_locked(session, candidates, limits, now)
+    ):
+        return Guarded(nobody, locked=True)
+    decision = gallery.identify(pack, probe, rung, restrict_to=candidates)
+    matched = decision.shopper_id if decision.outcome == "match" else None
+    threshold = gallery.base_threshold(pack)
+    failures = same_face_failures(session, keys, probe, pack=pack, threshold=threshold, now=now)
+    if failures >= limits.per_shopper:
+        if matched is not None:  # the face has found its digits: its owner is told
+            tell_found_victim(
+                session,
+                keys,
+                shopper_id=matched,
+                kiosk=kiosk,
+                purpose=purpose,
+                failures=failures,
+            )
+        return Guarded(decision, locked=True, found=matched)
+    if matched is not None and shopper_locked(session, matched, limits, now):
+        return Guarded(decision, locked=True)
+    return Guarded(decision, locked=False)
 
 
 def purge_before(session: Session, cutoff: dt.datetime) -> int:

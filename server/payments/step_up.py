@@ -66,10 +66,6 @@ def step_up(
     assert payment.sealed_probe is not None and payment.probe_pack is not None
     asked = Rung(payment.step_up_ask or Rung.PHONE_LAST4.value)
     candidates = shoppers.narrowed(session, keys, asked, body)
-    if guesses.kiosk_locked(session, kiosk.id, limits, now) or (
-        asked is Rung.PHONE and guesses.any_locked(session, candidates, limits, now)
-    ):
-        return _locked_out(session, keys, kiosk, payment)
     _, _, vectors = open_templates(
         [
             {
@@ -84,31 +80,27 @@ def step_up(
         gallery=gallery,
         liveness_required=settings.liveness_required,
     )
-    # The threshold for the rung asked at today's size; the rung itself never weakens.
     pack = payment.probe_pack
-    rung = gallery.rung(pack, minimum=asked)
-    decision = gallery.identify(pack, vectors[0], rung, restrict_to=candidates)
-    payment.step_up_tries += 1
-    label, balance = None, None
-    matched = decision.shopper_id if decision.outcome == "match" else None
-    if failures := guesses.face_locked(
+    guarded = guesses.identify_within_limits(
         session,
         keys,
-        vectors[0],
+        gallery,
+        kiosk=kiosk,
         pack=pack,
-        threshold=gallery.base_threshold(pack),
+        probe=vectors[0],
+        rung=gallery.rung(pack, minimum=asked),  # today's threshold; the rung never weakens
+        candidates=candidates,
+        purpose="pay",
         limits=limits,
         now=now,
-    ):
-        if matched is not None:  # the face has found its digits: its owner is told
-            guesses.tell_found_victim(
-                session, keys, shopper_id=matched, kiosk=kiosk, purpose="pay", failures=failures
-            )
-            if locked_now is not None:
-                locked_now.append(matched)
+    )
+    if guarded.found is not None and locked_now is not None:
+        locked_now.append(guarded.found)
+    if guarded.locked:
         return _locked_out(session, keys, kiosk, payment)
-    if matched is not None and guesses.shopper_locked(session, matched, limits, now):
-        return _locked_out(session, keys, kiosk, payment)
+    decision = guarded.decision
+    payment.step_up_tries += 1
+    label, balance = None, None
     if decision.outcome == "match":
         assert decision.shopper_id is not None
         close_challenge(payment)

@@ -69,34 +69,25 @@ def delete_at_kiosk(
             "send the whole phone number"
         )
     candidates = shoppers.narrowed(session, svc.keys, rung.rung, body)
-    if guesses.kiosk_locked(session, kiosk.id, limits, now) or (
-        sent is Rung.PHONE and guesses.any_locked(session, candidates, limits, now)
-    ):
-        return _locked()
-    decision = svc.gallery.identify(pack, vectors[0], rung, restrict_to=candidates)
-    matched = decision.shopper_id if decision.outcome == "match" else None
-    if failures := guesses.face_locked(
+    guarded = guesses.identify_within_limits(
         session,
         svc.keys,
-        vectors[0],
+        svc.gallery,
+        kiosk=kiosk,
         pack=pack,
-        threshold=svc.gallery.base_threshold(pack),
+        probe=vectors[0],
+        rung=rung,
+        candidates=candidates,
+        purpose="delete",
         limits=limits,
         now=now,
-    ):
-        if matched is not None:  # the face has found its digits: its owner is told
-            guesses.tell_found_victim(
-                session,
-                svc.keys,
-                shopper_id=matched,
-                kiosk=kiosk,
-                purpose="delete",
-                failures=failures,
-            )
-            after.locked_now.append(matched)
+    )
+    if guarded.found is not None:
+        after.locked_now.append(guarded.found)
+    if guarded.locked:
         return _locked()
-    if matched is not None and guesses.shopper_locked(session, matched, limits, now):
-        return _locked()
+    decision = guarded.decision
+    matched = decision.shopper_id if decision.outcome == "match" else None
     answer: dict[str, Any] = {"status": "not_found"}
     if matched is not None:
         receipt = service.delete_shopper(
