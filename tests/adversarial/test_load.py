@@ -254,9 +254,12 @@ def _drive(
             probe = sim.probes(leaver.centre[None, :], rng)[0]
             status, document, asked = client.pay(probe, pick.randint(100, 999), leaver.phone)
             done = False
-            # Step-up with the deleted number finds nobody; a face alone finds nobody either.
-            ok = _not_matched(status, document) or (
-                status == 201 and document.get("decline_code") in ("not_approved", "no_match")
+            # Step-up with the deleted number finds nobody; a face alone finds nobody either;
+            # a face that failed ten times today is locked out (step_up_locked).
+            ok = (
+                _not_matched(status, document)
+                or (status == 200 and document.get("decline_code") == "step_up_locked")
+                or (status == 201 and document.get("decline_code") in ("not_approved", "no_match"))
             )
         else:
             kind = "payment"
