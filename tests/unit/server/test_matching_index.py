@@ -493,3 +493,19 @@ def test_background_quantisation_yields_to_a_compaction(
     assert index._snapshot.quantised is compacted
     for row in (3, 303, 8_997):  # odd shoppers, kept
         assert index.search(vectors[row], k=1)[0].shopper_id == f"s{row // 3}"
+
+
+@pytest.mark.parametrize("sizes", [[3, 3, 3, 3], [3, 4, 5, 3, 8, 1]])
+def test_fusing_by_owner_equals_fusing_each_owner(sizes: list[int]) -> None:
+    rng = np.random.default_rng(len(sizes))
+    owners = np.repeat(np.arange(len(sizes)) * 2, sizes)  # owners 0, 2, 4...: gaps allowed
+    rows = _units(rng, owners.size)
+    expected = np.concatenate([index_module.fuse(rows[owners == o]) for o in np.unique(owners)])
+    order = rng.permutation(owners.size)  # rows not grouped by owner are sorted first
+    for block, who in ((rows, owners), (rows[order], owners[order])):
+        fused, fused_owners = index_module.fuse_by_owner(block, who)
+        assert fused_owners.tolist() == np.unique(owners).tolist()
+        assert np.allclose(fused, expected, atol=1e-6)
+        assert np.allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError):
+        index_module.fuse_by_owner(np.zeros((2, D), np.float32), np.array([0, 0]))
