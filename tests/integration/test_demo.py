@@ -20,6 +20,6 @@ def test_the_demo_plays_the_whole_story() -> None:
     lines = result.stdout.splitlines()
     table = [line for line in lines if line.startswith(("ok ", "!! "))]
     assert len(table) == 12 and all(line.startswith("ok ") for line in table), result.stdout
-    for shown in ("enrolled", "approved", "other_way", "deleted", "verified"):
+    for shown in ("enrolled", "approved", "not_approved", "deleted", "verified"):
         assert shown in result.stdout
     assert "12 of 12 as expected" in result.stdout
