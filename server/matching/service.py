@@ -64,6 +64,8 @@ from server.shoppers.models import Shopper
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "facepay_gallery"
+# Ladder answers kept (per pack, gallery size and minimum rung) before starting afresh.
+_RUNGS_REMEMBERED = 256
 
 
 def _record(wrapped: WrappedKey) -> WrappedKeyRecord:
@@ -185,6 +187,7 @@ class Gallery:
         for policy in self.packs.values():
             policy.calibration.threshold(settings.match_fmr)  # fails at start-up, not per request
         self.targets = risk_targets(settings)
+        self._rungs: dict[tuple[str, int, risk.Rung], risk.RungRisk] = {}
         self._indexes = {
             ref: GalleryIndex(p.manifest.embedding_size) for ref, p in self.packs.items()
         }
@@ -428,14 +431,21 @@ class Gallery:
 
     def rung(self, pack: str, minimum: risk.Rung = risk.Rung.FACE) -> risk.RungRisk:
         """The step-up rung this gallery's size calls for (`risk.ladder`), at least `minimum`.
-        Chosen from sizes and settings only, before any face is searched."""
-        return risk.ladder(
-            self.packs[pack].curves,
-            len(self._indexes[pack]),
-            self.targets,
-            base_threshold=self.base_threshold(pack),
-            minimum=minimum,
-        )
+        Chosen from sizes and settings only, before any face is searched. Remembered per
+        size: every payment asks, and the answer changes only with the gallery's size."""
+        key = (pack, len(self._indexes[pack]), minimum)
+        found = self._rungs.get(key)
+        if found is None:
+            if len(self._rungs) >= _RUNGS_REMEMBERED:
+                self._rungs.clear()
+            found = self._rungs[key] = risk.ladder(
+                self.packs[pack].curves,
+                key[1],
+                self.targets,
+                base_threshold=self.base_threshold(pack),
+                minimum=minimum,
+            )
+        return found
 
     def face_duplicate(self, pack: str, frames: Sequence[npt.NDArray[np.float32]]) -> str | None:
         """The shopper whose enrolled face matches these enrolment frames (fused), at the
