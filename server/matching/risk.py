@@ -41,7 +41,6 @@ least `minimum`, e.g. ``phone_last4`` for a large amount); if none does, the str
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -113,6 +112,9 @@ class _Curves:
     """The pack's curves with the rates the rule needs, per grid point."""
 
     def __init__(self, curves: ScoreCurves, margin: float) -> None:
+        # Held so that the object stays alive while cached: the cache's key is its id, which a
+        # new object could otherwise reuse.
+        self.curves = curves
         self.thresholds = curves.thresholds
         floor = curves.resolution
         self.impostor = tuple(max(v, floor) for v in curves.impostor_survival)
@@ -256,8 +258,3 @@ def per_rung(
         rung: rung_risk(curves, rung, gallery_size, targets, base_threshold=base_threshold)
         for rung in RUNGS
     }
-
-
-def describe(value: float) -> str:
-    """A rate for humans: "3.2e-06", or "0" for exactly zero."""
-    return "0" if value == 0 else f"{value:.2g}" if math.isfinite(value) else "inf"
