@@ -447,6 +447,18 @@ class Gallery:
             )
         return found
 
+    def at_rung(self, pack: str, rung: risk.Rung) -> risk.RungRisk:
+        """That rung's threshold at this gallery's size today (None: no threshold meets the
+        targets, and the search matches nobody). A challenge asked yesterday for the last four
+        digits is searched at the four-digit rung's threshold for today's size."""
+        return risk.rung_risk(
+            self.packs[pack].curves,
+            rung,
+            len(self._indexes[pack]),
+            self.targets,
+            base_threshold=self.base_threshold(pack),
+        )
+
     def face_duplicate(self, pack: str, frames: Sequence[npt.NDArray[np.float32]]) -> str | None:
         """The shopper whose enrolled face matches these enrolment frames (fused), at the
         lowest threshold whose chance of a false duplicate at this gallery's size is within

@@ -88,7 +88,7 @@ def step_up(
         kiosk=kiosk,
         pack=pack,
         probe=vectors[0],
-        rung=gallery.rung(pack, minimum=asked),  # today's threshold; the rung never weakens
+        rung=gallery.at_rung(pack, asked),  # the rung asked, at today's size
         candidates=candidates,
         purpose="pay",
         limits=limits,
