@@ -108,7 +108,7 @@ def record_failure(
     purpose: str,
     limits: GuessLimits,
     now: dt.datetime,
-    probe: FailedProbe | None = None,
+    probe: FailedProbe,
     payment_id: str | None = None,
 ) -> bool:
     """Count a failed step-up and audit it against its candidate; whether this failure is
@@ -121,9 +121,9 @@ def record_failure(
             store=kiosk.store,
             shopper_id=shopper_id,
             purpose=purpose,
-            probe_pack=None if probe is None else probe.pack,
-            probe_liveness=None if probe is None else probe.liveness,
-            sealed_probe=None if probe is None else probe.sealed,
+            probe_pack=probe.pack,
+            probe_liveness=probe.liveness,
+            sealed_probe=probe.sealed,
         )
     )
     session.flush()

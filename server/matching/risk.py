@@ -173,9 +173,14 @@ def _risk_at(
         wrong = min(1.0, (1 - targets.mistype_rate) * honest_others * prepared.outranks[index])
         wrong = min(1.0, wrong + mistyped)
         digits_ok = 1 - targets.mistype_rate**targets.tries
-    targeted = 1 - (1 - min(1.0, f)) ** targets.failures_per_day
+    targeted = _any_of(f, targets.failures_per_day)
     completion = (1 - prepared.genuine_below[index]) * digits_ok
     return Risk(stranger, wrong, targeted, completion)
+
+
+def _any_of(rate: float, tries: int) -> float:
+    """The chance that at least one of `tries` independent events of this rate happens."""
+    return 1 - (1 - min(1.0, rate)) ** max(tries, 0)
 
 
 def _within(risk: Risk, targets: RiskTargets) -> bool:
@@ -233,7 +238,7 @@ def false_duplicate_chance(curves: ScoreCurves, threshold: float, gallery_size: 
     index = min(
         range(len(prepared.thresholds)), key=lambda i: abs(prepared.thresholds[i] - threshold)
     )
-    return 1 - (1 - prepared.duplicate[index]) ** max(gallery_size, 0)
+    return _any_of(prepared.duplicate[index], gallery_size)
 
 
 def duplicate_threshold(
@@ -243,7 +248,7 @@ def duplicate_threshold(
     (false-duplicate chance within target); None when the curves cannot show one."""
     prepared = _prepared(curves, 0.0)
     for threshold, rate in zip(prepared.thresholds, prepared.duplicate, strict=True):
-        if 1 - (1 - rate) ** max(gallery_size, 0) <= targets.false_duplicate:
+        if _any_of(rate, gallery_size) <= targets.false_duplicate:
             if rate <= prepared.resolution and gallery_size * rate > targets.false_duplicate:
                 return None
             return round(threshold, 6)

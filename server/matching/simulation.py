@@ -37,14 +37,13 @@ from server.matching.decision import search_and_decide
 from server.matching.index import GalleryIndex, fuse_by_owner
 from server.matching.risk import (
     LAST4_SPACE,
-    RUNGS,
     RiskTargets,
     Rung,
     RungRisk,
     duplicate_threshold,
     false_duplicate_chance,
     ladder,
-    rung_risk,
+    per_rung,
 )
 
 _CHUNK = 100_000
@@ -167,12 +166,11 @@ class Runner:
         rng = np.random.default_rng(self.seed)
         gallery = SimulatedGallery(self.simulator, size, self.targets.phone_space, rng)
         chosen = ladder(self.curves, size, self.targets, base_threshold=self.base_threshold)
-        rungs: dict[str, Any] = {}
-        for rung in RUNGS:
-            option = rung_risk(
-                self.curves, rung, size, self.targets, base_threshold=self.base_threshold
-            )
-            rungs[rung.value] = self._rung_figures(gallery, option, trials, rng)
+        options = per_rung(self.curves, size, self.targets, base_threshold=self.base_threshold)
+        rungs: dict[str, Any] = {
+            rung.value: self._rung_figures(gallery, option, trials, rng)
+            for rung, option in options.items()
+        }
         figures = rungs[chosen.rung.value]
         duplicate = self._false_duplicates(gallery, trials.duplicate, rng)
         return {
